@@ -1,0 +1,92 @@
+"""Native core of walletgate: exact money, strict JSON and request signatures.
+
+Everything here is implemented in Rust (``rust/``). Only ``bytes``, ``str`` and ``int`` cross the
+boundary, plus :class:`JsonDecimal` for JSON numbers that are not integers.
+"""
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+MAX_UNITS: Final[int]
+"""The largest balance or amount in units at scale 4: ``922337203685477.5807`` = ``2**63 - 1``."""
+MIN_UNITS: Final[int]
+"""The smallest amount in units: ``-922337203685477.5808`` = ``-2**63``."""
+UNITS_PER_MAJOR: Final[int]
+"""10000 units make one major unit (scale 4)."""
+
+class JsonDecimal:
+    """A JSON number with a fraction or an exponent, kept as its exact literal text."""
+
+    @property
+    def literal(self) -> str:
+        """The number exactly as it appeared in the body, for example ``"33.66"``."""
+
+def parse_json(body: bytes, max_depth: int = 32) -> Any:
+    """Parse one strict UTF-8 JSON document.
+
+    Objects become ``dict``, arrays ``list``, strings ``str``, integers ``int`` (exact, any
+    length), ``true``/``false``/``null`` the Python singletons, and other numbers
+    :class:`JsonDecimal` (never ``float``). Raises ``ValueError`` on invalid JSON, invalid
+    UTF-8, a duplicate key in any object, trailing data, or nesting deeper than ``max_depth``.
+    """
+
+def parse_money(value: str | int | JsonDecimal) -> int:
+    """Convert a decimal amount to units at scale 4.
+
+    ``str`` is the content of a JSON string, ``int`` a JSON integer, :class:`JsonDecimal` a JSON
+    number literal. The text must match ``-?(0|[1-9][0-9]*)(\\.[0-9]{1,4})?`` and lie within
+    [``MIN_UNITS``, ``MAX_UNITS``] units. Raises ``ValueError`` otherwise (``bool`` is rejected).
+    """
+
+def format_units(units: int) -> str:
+    """Format units as the MINI.GAME decimal string: no trailing zeros (``"4289.1"``, ``"0"``)."""
+
+def units_to_cents(units: int) -> int:
+    """Units to integer cents, truncating toward zero (``12345`` units -> ``123`` cents)."""
+
+def cents_to_units(cents: int) -> int:
+    """Integer cents to units (x 100). Raises ``OverflowError`` outside the int64 unit range."""
+
+def units_to_coins(units: int) -> int:
+    """Units to whole coins, truncating toward zero (x 1/10000)."""
+
+def coins_to_units(coins: int) -> int:
+    """Whole coins to units (x 10000). Raises ``OverflowError`` outside the int64 unit range."""
+
+def checked_add_units(a: int, b: int) -> int:
+    """``a + b`` in units. Raises ``OverflowError`` when the sum leaves the int64 range."""
+
+def minigame_sign(raw_query: bytes, raw_body: bytes, key: bytes) -> str:
+    """``lowercase_hex(md5(raw_query + raw_body + key))``, the MINI.GAME/OMG ``sign`` header."""
+
+def verify_minigame_sign(
+    raw_query: bytes, raw_body: bytes, key: bytes, sign: bytes | str | None
+) -> bool:
+    """Check a ``sign`` header in constant time; ASCII case is ignored; ``None`` fails."""
+
+def midas_sig(params: Sequence[tuple[str, str]], org_loc: str, app_key: str) -> str:
+    """The Midas ``sig``: HMAC-SHA256 (key ``app_key``) over the sorted ``k=v&…`` string of
+    ``params`` + ``&org_loc=<org_loc>&method=POST&secret=<app_key>``, lowercase hex. ``params``
+    must already exclude ``sig``, ``mp_sig`` and ``access_token``.
+    """
+
+def midas_mp_sig(params: Sequence[tuple[str, str]], org_loc: str, session_key: str) -> str:
+    """The Midas ``mp_sig``: as :func:`midas_sig` with ``&session_key=<session_key>`` and the
+    session_key (as text) as HMAC key. ``params`` must include ``access_token`` and ``sig``.
+    """
+
+def verify_midas_sig(
+    params: Sequence[tuple[str, str]], org_loc: str, app_key: str, sig: bytes | str | None
+) -> bool:
+    """Check a Midas ``sig`` in constant time (lowercase hex expected; ``None`` fails)."""
+
+def verify_midas_mp_sig(
+    params: Sequence[tuple[str, str]], org_loc: str, session_key: str, mp_sig: bytes | str | None
+) -> bool:
+    """Check a Midas ``mp_sig`` in constant time (``None`` fails)."""
+
+def hmac_sha256_hex(key: bytes, message: bytes) -> str:
+    """Lowercase hex HMAC-SHA256, used for the WeChat login-state reference vector."""
+
+def constant_time_eq(a: bytes | str, b: bytes | str) -> bool:
+    """Compare two secrets in constant time (length differences return ``False``)."""

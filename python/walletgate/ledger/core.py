@@ -1,0 +1,100 @@
+"""The ledger: the only code that knows Redis keys and scripts. Protocols call its functions.
+
+:class:`Ledger` holds the script runner and the key layout; per-family modules
+(``ledger/minigame.py``, ``ledger/transfer.py``, ...) build each operation's KEYS and ARGV and
+turn the script's reply into a typed result. Every money operation is exactly one script call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from walletgate.ledger import keys
+from walletgate.ledger.runner import ScriptArg, ScriptRunner
+from walletgate.ledger.scripts import load_script
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    journal_buckets: int
+    cluster: bool
+    idempotency_ttl_s: int
+    midas_ttl_s: int
+
+
+def as_str(value: Any) -> str:
+    """A script reply element (bytes from hiredis, str from redis-py) as ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, int):
+        return str(value)
+    assert isinstance(value, str), f"unexpected reply element {value!r}"
+    return value
+
+
+def as_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    return int(as_str(value))
+
+
+class Ledger:
+    """Builds the common KEYS/ARGV of every operation script and runs it in one round trip."""
+
+    def __init__(self, runner: ScriptRunner, settings: LedgerSettings) -> None:
+        self.runner = runner
+        self.settings = settings
+
+    def journal_stream(self, tenant: str, player: str) -> str:
+        bucket = keys.journal_bucket(
+            tenant, player, self.settings.journal_buckets, self.settings.cluster
+        )
+        return keys.journal_stream_key(bucket, self.settings.cluster)
+
+    async def call(
+        self,
+        script_name: str,
+        *,
+        tenant: str,
+        player: str,
+        currency: str,
+        protocol: str,
+        key: str,
+        fingerprint: str,
+        refs: Mapping[str, Any],
+        retention_s: int,
+        extra_keys: Sequence[str] = (),
+        extra_args: Sequence[ScriptArg] = (),
+    ) -> Any:
+        """Run ``lua/<script_name>.lua`` with the prelude's KEYS[1..2] and ARGV[1..8].
+
+        ``extra_keys`` must all be under the player's ``{tenant:player}`` tag.
+        """
+        prefix = keys.player_prefix(tenant, player)
+        assert all(extra.startswith(prefix) for extra in extra_keys), "key outside the player tag"
+        script = load_script(script_name)
+        script_keys = [keys.account_key(tenant, player), self.journal_stream(tenant, player)]
+        script_keys.extend(extra_keys)
+        args: list[ScriptArg] = [
+            tenant,
+            player,
+            currency,
+            protocol,
+            key,
+            fingerprint,
+            orjson.dumps(refs),
+            retention_s,
+        ]
+        args.extend(extra_args)
+        return await self.runner.run(script, script_keys, args)
+
+
+def fingerprint(*parts: str) -> str:
+    """A short, stable hash of the fields that make two requests "the same" for idempotency."""
+    joined = "\x1f".join(parts).encode("utf-8")
+    return hashlib.blake2b(joined, digest_size=12).hexdigest()

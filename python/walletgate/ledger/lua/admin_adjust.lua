@@ -1,0 +1,53 @@
+-- admin_adjust: credit or debit an account from the admin API, idempotent on (tenant, ref).
+--
+-- KEYS[1] account hash, KEYS[2] journal stream (prelude), KEYS[3] wg:{T:P}:tx:admin:<ref>
+-- ARGV[1..8] prelude common arguments (key = "admin:<ref>")
+-- ARGV[9]  amount_units: signed decimal integer string, non-zero
+-- ARGV[10] kind: "adjust" or "save" (save: Midas only, amount > 0; raises save_amt, save_sum,
+--          sets first_save to 2)
+-- Returns: {outcome, balance_units, seq}
+--   outcome "applied" | "replay" (balance_units is the original one) | "conflict" (ref reused
+--   with another fingerprint) | "insufficient" (a debit larger than the balance; not stored) |
+--   "overflow" (the balance would leave int64; not stored)
+
+local currency = ARGV[3]
+local retention_s = ARGV[8]
+local amount_units = ARGV[9]
+local kind = ARGV[10]
+local tx_key = KEYS[3]
+
+local stored = redis.call('HMGET', tx_key, 'fp', 'bal', 'seq')
+if stored[1] then
+  if stored[1] ~= ARGV[6] then
+    return {'conflict', '0', '0'}
+  end
+  return {'replay', stored[2], stored[3]}
+end
+
+local balance_field = 'bal:' .. currency
+if wg_cmp(amount_units, '0') < 0 then
+  if wg_cmp(wg_get(KEYS[1], balance_field), wg_negate(amount_units)) < 0 then
+    return {'insufficient', wg_get(KEYS[1], balance_field), '0'}
+  end
+end
+local balance_units = wg_add(KEYS[1], balance_field, amount_units)
+if not balance_units then
+  return {'overflow', wg_get(KEYS[1], balance_field), '0'}
+end
+if kind == 'save' then
+  -- save_amt and save_sum can only overflow after the balance did, which was checked above.
+  wg_add(KEYS[1], 'save_amt:' .. currency, amount_units)
+  wg_add(KEYS[1], 'save_sum:' .. currency, amount_units)
+  wg_hset(KEYS[1], 'first_save:' .. currency, '2', 0)
+end
+local seq = wg_next_seq(currency)
+wg_hset(tx_key, 'fp', ARGV[6], retention_s)
+for _, pair in ipairs({
+  {'state', 'applied'}, {'code', 'ok'}, {'op', kind}, {'protocol', ARGV[4]}, {'player', ARGV[2]},
+  {'currency', currency}, {'delta', amount_units}, {'bal', balance_units}, {'seq', seq},
+  {'created_us', wg_now_us()},
+}) do
+  wg_hset(tx_key, pair[1], pair[2], retention_s)
+end
+wg_journal(currency, seq, kind, amount_units, balance_units, 'ok')
+return {'applied', balance_units, seq}
