@@ -1,0 +1,109 @@
+"""What all four protocol families do alike: read the body, parse it strictly, answer, log.
+
+A handler reads the raw body once (bounded by ``max_body_bytes``), identifies the tenant,
+authenticates, validates, makes one ledger call, and answers with an orjson body. It records
+what the log line and the metrics need in ``scope["wg.log"]`` (see :func:`note`); the access-log
+middleware emits it, so a handler never formats a log line itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from walletgate import _native
+from walletgate.config import Config
+from walletgate.ledger.core import Ledger
+from walletgate.metrics import Metrics
+
+LOG_SCOPE_KEY = "wg.log"
+JSON_MEDIA_TYPE = "application/json"
+INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayContext:
+    """Everything a protocol module needs, built once at start-up by ``app.create_app``."""
+
+    config: Config
+    ledger: Ledger
+    metrics: Metrics
+
+
+class BodyTooLarge(Exception):
+    """The body exceeds ``max_body_bytes``; the protocol answers its malformed-input code."""
+
+
+async def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The raw body, read once and never beyond ``max_body_bytes`` (raises BodyTooLarge)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_body_bytes):
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def raw_query(request: Request) -> bytes:
+    """The query string exactly as received (no decoding, no reordering)."""
+    query = request.scope.get("query_string", b"")
+    assert isinstance(query, bytes)
+    return query
+
+
+def parse_object(raw: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object (strict: no duplicate keys, exact numbers), or ``None``."""
+    try:
+        parsed = _native.parse_json(raw)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status_code, media_type=JSON_MEDIA_TYPE)
+
+
+def empty_response(status_code: int) -> Response:
+    return Response(b"", status_code=status_code)
+
+
+def note(request: Request, family: str, endpoint: str, result: object, **refs: object) -> None:
+    """Record the request's family, endpoint, result code and reference ids for the access log.
+
+    Only reference ids belong in ``refs`` (trace_id, order_id, id, bill_no, tx_id, ...):
+    never keys, tokens, session keys or signatures.
+    """
+    request.scope[LOG_SCOPE_KEY] = {
+        "family": family,
+        "endpoint": endpoint,
+        "result": result,
+        "refs": {k: v for k, v in refs.items() if v is not None},
+    }
+
+
+def is_int(value: Any) -> bool:
+    """A JSON integer (``bool`` is a distinct JSON type and does not count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_uint(value: Any, maximum: int = UINT64_MAX) -> int | None:
+    """An unsigned integer given as a JSON integer or a digit string, exactly, or ``None``."""
+    if is_int(value):
+        return value if 0 <= value <= maximum else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value) > 1 and value[0] == "0":
+            return None
+        number = int(value)
+        return number if number <= maximum else None
+    return None
