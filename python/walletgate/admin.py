@@ -1,0 +1,297 @@
+"""The admin API (``/admin/v1``): adjust balances, read accounts, register sessions, look up
+stored outcomes. Every call needs ``Authorization: Bearer <[admin].token>`` (constant time)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from walletgate import _native
+from walletgate.config import Config
+from walletgate.ledger import keys
+from walletgate.ledger.admin import adjust
+from walletgate.ledger.core import as_str
+from walletgate.ledger.errors import LedgerUnavailable
+from walletgate.ledger.sessions import register_session
+from walletgate.protocols.common import (
+    BodyTooLarge,
+    GatewayContext,
+    json_response,
+    parse_object,
+    read_body,
+)
+
+logger = logging.getLogger("walletgate")
+DEFAULT_SESSION_TTL_S = 604_800
+MAX_SESSION_TTL_S = 10 * 365 * 86_400
+MAX_REF_CHARS = 128
+MIDAS_EXTRA_FIELDS = ("save_amt", "save_sum", "cost_sum", "present_sum")
+Renderer = Callable[[dict[str, str]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    family: str
+    currencies: tuple[str, ...] | None  # None: any zone (Midas)
+
+    def currency(self, requested: str) -> str | None:
+        if self.currencies is None:
+            zone = requested.removeprefix("sandbox-")
+            return requested if zone and zone.isprintable() and ":" not in zone else None
+        lowered = requested.lower()
+        return next((c for c in self.currencies if c.lower() == lowered), None)
+
+
+def tenant_table(config: Config) -> dict[str, TenantInfo]:
+    table: dict[str, TenantInfo] = {}
+    for app_id, merchant in config.minigame_merchants.items():
+        table[app_id] = TenantInfo("minigame", merchant.currencies)
+    for appid, transfer in config.transfer_merchants.items():
+        table[appid] = TenantInfo("transfer", transfer.currencies)
+    for token, agent in config.wallet_v2_agents.items():
+        table[token] = TenantInfo("wallet_v2", agent.currencies)
+    for appid in config.midas_apps:
+        table[appid] = TenantInfo("midas", None)
+    return table
+
+
+def error(status_code: int, code: str, detail: str) -> Response:
+    return json_response({"error": code, "detail": detail}, status_code)
+
+
+def admin_routes(
+    ctx: GatewayContext,
+    admin_client: Any,
+    renderers: dict[str, Renderer],
+    key_to_player: Callable[[str, str], Any],
+) -> list[BaseRoute]:
+    """Build the admin routes. ``renderers`` map a family to its ``render_stored``;
+    ``key_to_player(tenant, key)`` is an awaitable lookup in the journal writer's map."""
+    token = ctx.config.admin.token.encode()
+    tenants = tenant_table(ctx.config)
+    max_body_bytes = ctx.config.server.max_body_bytes
+
+    def authorized(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        return scheme.lower() == "bearer" and _native.constant_time_eq(presented.encode(), token)
+
+    def resolve(request: Request) -> tuple[str, str, str, TenantInfo] | Response:
+        tenant = request.path_params["tenant"]
+        player = request.path_params["player"]
+        info = tenants.get(tenant)
+        if info is None:
+            return error(404, "unknown_tenant", "no such tenant")
+        if not keys.valid_identifier(player):
+            return error(400, "invalid_player", "player id is malformed")
+        currency = info.currency(request.path_params["currency"])
+        if currency is None:
+            return error(404, "unknown_currency", "currency is not configured for this tenant")
+        return tenant, player, currency, info
+
+    async def read_json(request: Request) -> dict[str, Any] | Response:
+        try:
+            raw = await read_body(request, max_body_bytes)
+        except BodyTooLarge:
+            return error(400, "invalid_body", "body too large")
+        body = parse_object(raw)
+        if body is None:
+            return error(400, "invalid_body", "body must be one JSON object without duplicate keys")
+        return body
+
+    async def post_adjust(request: Request) -> Response:
+        if not authorized(request):
+            return Response(status_code=401)
+        resolved = resolve(request)
+        if isinstance(resolved, Response):
+            return resolved
+        tenant, player, currency, info = resolved
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        kind = body.get("kind", "adjust")
+        ref = body.get("ref")
+        if kind not in ("adjust", "save") or (kind == "save" and info.family != "midas"):
+            return error(400, "invalid_kind", "kind must be adjust, or save for Midas")
+        if not isinstance(ref, str) or not 0 < len(ref) <= MAX_REF_CHARS or not ref.isprintable():
+            return error(400, "invalid_ref", f"ref must be a string of 1 to {MAX_REF_CHARS} characters")
+        amount = body.get("amount")
+        if not isinstance(amount, str):
+            return error(400, "invalid_amount", "amount must be a decimal string")
+        try:
+            amount_units = _native.parse_money(amount)
+        except ValueError:
+            return error(400, "invalid_amount", "amount is not a valid decimal")
+        if amount_units == 0 or (kind == "save" and amount_units < 0):
+            return error(400, "invalid_amount", "amount must be non-zero (positive for save)")
+        if info.family == "midas" and amount_units % _native.UNITS_PER_MAJOR:
+            return error(400, "invalid_amount", "Midas coins must be whole numbers")
+        try:
+            result = await adjust(
+                ctx.ledger, tenant=tenant, player=player, currency=currency,
+                amount_units=amount_units, ref=ref, kind=kind,
+            )
+        except LedgerUnavailable:
+            ctx.metrics.inc("redis_errors_total", (("family", "admin"),))
+            return error(503, "unavailable", "redis unavailable, nothing applied")
+        if result.outcome == "conflict":
+            return error(409, "ref_conflict", "ref was used for another adjustment")
+        if result.outcome == "insufficient":
+            return error(409, "insufficient_funds", "balance is lower than the debit")
+        if result.outcome == "overflow":
+            return error(400, "invalid_amount", "the balance would leave the int64 range")
+        if result.outcome == "replay":
+            ctx.metrics.inc("idempotent_replays_total", (("family", "admin"),))
+        return json_response({"balance": _native.format_units(result.balance_units), "ref": ref})
+
+    async def get_account(request: Request) -> Response:
+        if not authorized(request):
+            return Response(status_code=401)
+        resolved = resolve(request)
+        if isinstance(resolved, Response):
+            return resolved
+        tenant, player, currency, info = resolved
+        fields = [f"bal:{currency}", "known"]
+        if info.family == "midas":
+            fields += [f"gen:{currency}", f"first_save:{currency}"]
+            fields += [f"{name}:{currency}" for name in MIDAS_EXTRA_FIELDS]
+        try:
+            values = await admin_client.hmget(keys.account_key(tenant, player), fields)
+        except Exception:  # redis-py raises several unrelated classes when Redis is down.
+            logger.warning("admin account read failed", exc_info=True)
+            return error(503, "unavailable", "redis unavailable")
+        if values[0] is None and values[1] is None:
+            return error(404, "unknown_account", "no such account")
+        units = [int(as_str(v)) if v is not None else 0 for v in values]
+        payload: dict[str, Any] = {
+            "tenant": tenant, "player": player, "currency": currency,
+            "balance": _native.format_units(units[0]),
+        }
+        if info.family == "midas":
+            payload["paid"] = _native.units_to_coins(units[0])
+            payload["gen_balance"] = _native.units_to_coins(units[2])
+            payload["balance"] = _native.format_units(units[0] + units[2])
+            payload["first_save"] = units[3] or 1
+            for index, name in enumerate(MIDAS_EXTRA_FIELDS):
+                payload[name] = _native.units_to_coins(units[4 + index])
+        return json_response(payload)
+
+    async def post_session(request: Request) -> Response:
+        if not authorized(request):
+            return Response(status_code=401)
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        tenant, player = body.get("tenant"), body.get("player")
+        currency, session_token = body.get("currency"), body.get("token")
+        ttl_s = body.get("ttl_s", DEFAULT_SESSION_TTL_S)
+        session_key = body.get("session_key", "")
+        if not all(isinstance(v, str) for v in (tenant, player, currency, session_token, session_key)):
+            return error(400, "invalid_body", "tenant, player, currency and token must be strings")
+        assert isinstance(tenant, str) and isinstance(player, str) and isinstance(currency, str)
+        assert isinstance(session_token, str) and isinstance(session_key, str)
+        info = tenants.get(tenant)
+        if info is None:
+            return error(404, "unknown_tenant", "no such tenant")
+        configured = info.currency(currency)
+        if configured is None:
+            return error(404, "unknown_currency", "currency is not configured for this tenant")
+        if not keys.valid_identifier(player) or not keys.valid_identifier(session_token):
+            return error(400, "invalid_body", "player and token must be printable, without : { }")
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 0 < ttl_s <= MAX_SESSION_TTL_S:
+            return error(400, "invalid_body", "ttl_s must be a positive integer")
+        if (info.family == "midas") != bool(session_key):
+            return error(400, "invalid_body", "session_key is required for Midas and only there")
+        try:
+            expires_at = await register_session(
+                ctx.ledger, tenant=tenant, player=player, currency=configured,
+                token=session_token, ttl_s=ttl_s, session_key=session_key,
+            )
+        except LedgerUnavailable:
+            return error(503, "unavailable", "redis unavailable")
+        if expires_at is None:
+            return error(409, "token_conflict", "token belongs to another player or currency")
+        return json_response({"token": session_token, "expires_at": expires_at}, 201)
+
+    async def get_transaction(request: Request) -> Response:
+        if not authorized(request):
+            return Response(status_code=401)
+        tenant = request.path_params["tenant"]
+        key = request.path_params["key"]
+        info = tenants.get(tenant)
+        if info is None:
+            return error(404, "unknown_tenant", "no such tenant")
+        player = request.query_params.get("player")
+        try:
+            if player is None:
+                player = await key_to_player(tenant, key)
+            if player is None or not keys.valid_identifier(player):
+                return error(404, "unknown_transaction", "no such transaction")
+            record_key = keys.transaction_key(tenant, player, key)
+            raw = await admin_client.hgetall(record_key)
+            ttl_s = await admin_client.ttl(record_key)
+        except Exception:  # redis-py raises several unrelated classes when Redis is down.
+            logger.warning("admin transaction read failed", exc_info=True)
+            return error(503, "unavailable", "redis unavailable")
+        if not raw:
+            return error(404, "unknown_transaction", "no such transaction")
+        record = {as_str(k): as_str(v) for k, v in raw.items()}
+        return json_response(stored_outcome(tenant, key, record, ttl_s, renderers.get(info.family)))
+
+    prefix = "/admin/v1"
+    return [
+        Route(prefix + "/accounts/{tenant}/{player}/{currency}/adjust", post_adjust, methods=["POST"]),
+        Route(prefix + "/accounts/{tenant}/{player}/{currency}", get_account, methods=["GET"]),
+        Route(prefix + "/sessions", post_session, methods=["POST"]),
+        Route(prefix + "/transactions/{tenant}/{key:path}", get_transaction, methods=["GET"]),
+    ]
+
+
+def stored_outcome(
+    tenant: str, key: str, record: dict[str, str], ttl_s: int, renderer: Renderer | None
+) -> dict[str, Any]:
+    created_us = int(record.get("created_us", "0") or 0)
+    created_s = created_us / 1_000_000
+    import time
+
+    outcome: dict[str, Any] = {
+        "tenant": tenant,
+        "key": key,
+        "protocol": record.get("protocol"),
+        "op": record.get("op"),
+        "player": record.get("player"),
+        "currency": record.get("currency"),
+        "state": record.get("state"),
+        "delta": _native.format_units(int(record.get("delta", "0") or 0)),
+        "balance_after": _native.format_units(int(record.get("bal", "0") or 0)),
+        "response": _render(record, renderer),
+        "created_at": _rfc3339(created_s),
+        "expires_at": _rfc3339(time.time() + ttl_s) if ttl_s > 0 else None,
+    }
+    for extra in ("cancelled_by", "settled_by"):
+        if record.get(extra):
+            outcome[extra] = record[extra]
+    return outcome
+
+
+def _render(record: dict[str, str], renderer: Renderer | None) -> Any:
+    if record.get("protocol") == "admin" or renderer is None:
+        return {"balance": _native.format_units(int(record.get("bal", "0") or 0))}
+    try:
+        return renderer(record)
+    except Exception:  # A record a renderer cannot read must not break the admin API.
+        logger.warning("could not render a stored outcome", exc_info=True)
+        return None
+
+
+def _rfc3339(seconds: float) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,129 @@
+"""``create_app(config)``: routes, middleware and lifespan. Wiring only.
+
+Each worker process builds one app: one fast Redis script runner, one metrics registry, one
+access log and one journal writer task (writers of all workers and hosts share the pending
+records through leases, so exactly one writes each record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypedDict
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+
+from walletgate.admin import admin_routes
+from walletgate.config import Config, load_config
+from walletgate.health import health_routes
+from walletgate.journal.writer import JournalWriter
+from walletgate.ledger.connect import make_admin_client, make_runner
+from walletgate.ledger.core import Ledger, LedgerSettings
+from walletgate.logs import AccessLog, configure_logging
+from walletgate.metrics import Metrics
+from walletgate.middleware import AccessMiddleware
+from walletgate.protocols import midas, minigame, transfer, wallet_v2
+from walletgate.protocols.common import GatewayContext
+
+CONFIG_ENV = "WALLETGATE_CONFIG"
+METRICS_DIR_ENV = "WALLETGATE_METRICS_DIR"
+ACCESS_LOG_ENV = "WALLETGATE_ACCESS_LOG"
+METRICS_PUBLISH_INTERVAL_MS = 1000
+
+
+class State(TypedDict):
+    context: GatewayContext
+    journal_writer: JournalWriter | None
+
+
+def ledger_settings(config: Config) -> LedgerSettings:
+    return LedgerSettings(
+        journal_buckets=config.journal.buckets,
+        cluster=config.redis.cluster,
+        idempotency_ttl_s=config.idempotency.ttl_s,
+        midas_ttl_s=config.idempotency.midas_ttl_s,
+    )
+
+
+def create_app(
+    config: Config,
+    *,
+    metrics_dir: Path | None = None,
+    access_log: AccessLog | None = None,
+    run_journal_writer: bool | None = None,
+) -> Starlette:
+    metrics = Metrics(snapshot_dir=metrics_dir)
+    access_log = access_log if access_log is not None else AccessLog()
+    runner = make_runner(config.redis)
+    admin_client = make_admin_client(config.redis)
+    ledger = Ledger(runner, ledger_settings(config))
+    context = GatewayContext(config=config, ledger=ledger, metrics=metrics)
+    writer_enabled = config.journal.enabled if run_journal_writer is None else run_journal_writer
+    writer = JournalWriter(config, admin_client, metrics) if writer_enabled else None
+
+    async def key_to_player(tenant: str, key: str) -> str | None:
+        if writer is None:
+            return None
+        return await writer.player_for_key(tenant, key)
+
+    renderers = {
+        "minigame": minigame.render_stored,
+        "transfer": transfer.render_stored,
+        "wallet_v2": wallet_v2.render_stored,
+        "midas": midas.render_stored,
+    }
+    routes: list[BaseRoute] = []
+    routes += minigame.routes(context)
+    routes += transfer.routes(context)
+    routes += wallet_v2.routes(context)
+    routes += midas.routes(context)
+    routes += admin_routes(context, admin_client, renderers, key_to_player)
+    routes += health_routes(context, writer.status if writer is not None else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        access_log.start()
+        if writer is not None:
+            await writer.start()
+        publisher = asyncio.get_running_loop().create_task(_publish_metrics(metrics))
+        try:
+            yield {"context": context, "journal_writer": writer}
+        finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            if writer is not None:
+                await writer.stop()
+            await access_log.stop()
+            metrics.remove_snapshot()
+            await runner.close()
+            await admin_client.aclose()
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(AccessMiddleware, metrics=metrics, access_log=access_log)],
+        lifespan=lifespan,
+    )
+
+
+async def _publish_metrics(metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(METRICS_PUBLISH_INTERVAL_MS / 1000)
+        with contextlib.suppress(OSError):
+            metrics.publish()
+
+
+def app_from_env() -> Any:
+    """Granian's factory target: each worker reads the config named by WALLETGATE_CONFIG."""
+    configure_logging()
+    config = load_config(os.environ[CONFIG_ENV])
+    metrics_dir = os.environ.get(METRICS_DIR_ENV)
+    access_log = AccessLog(enabled=os.environ.get(ACCESS_LOG_ENV, "1") != "0")
+    return create_app(
+        config, metrics_dir=Path(metrics_dir) if metrics_dir else None, access_log=access_log
+    )

@@ -1,0 +1,60 @@
+"""``/healthz`` (the process serves), ``/readyz`` (Redis, scripts, journal) and ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
+from walletgate.ledger.scripts import load_script
+from walletgate.protocols.common import GatewayContext, json_response
+
+READY_PROBE_TIMEOUT_S = 1.0
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None) -> list[BaseRoute]:
+    max_lag_s = ctx.config.journal.max_lag_ms / 1000
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        try:
+            await asyncio.wait_for(ctx.ledger.runner.run(load_script("ping"), [], []), READY_PROBE_TIMEOUT_S)
+            checks["redis"] = "ok"
+        except (LedgerUnavailable, LedgerScriptError, TimeoutError):
+            checks["redis"] = "unavailable"
+        if journal_status is not None:
+            status = journal_status()
+            checks["journal_writer"] = "ok" if status.alive else "down"
+            checks["journal_lag_s"] = round(status.oldest_pending_s, 3)
+            if status.oldest_pending_s > max_lag_s:
+                checks["journal_writer"] = "lagging"
+        else:
+            checks["journal_writer"] = "disabled"
+        ready = checks["redis"] == "ok" and checks["journal_writer"] in ("ok", "disabled")
+        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        if journal_status is not None:
+            status = journal_status()
+            ctx.metrics.set_gauge("journal_pending_records", (), status.pending_records)
+            ctx.metrics.set_gauge("journal_oldest_pending_seconds", (), status.oldest_pending_s)
+            ctx.metrics.set_gauge("journal_flush_seconds", (), status.last_flush_s)
+        # Rendering reads the other workers' small snapshot files; it runs on the loop thread so
+        # that this worker's own counters are not read while handlers change them.
+        body = ctx.metrics.render()
+        return PlainTextResponse(body, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

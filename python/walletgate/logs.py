@@ -1,0 +1,92 @@
+"""Structured JSON logs: one line per request, written in batches off the request path.
+
+The access log takes only what handlers put into ``scope["wg.log"]`` (family, endpoint, result,
+reference ids), so keys, tokens, session keys and signatures never reach it. Lines are queued
+in memory (bounded) and written by one flusher task every ``flush_interval_ms``; when the queue
+is full, lines are dropped and counted rather than slowing the gateway down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import orjson
+
+ACCESS_LOG_QUEUE_MAX_LINES = 65_536
+ACCESS_LOG_FLUSH_INTERVAL_MS = 100
+
+
+class AccessLog:
+    def __init__(self, fd: int | None = None, enabled: bool = True) -> None:
+        self.fd = sys.stdout.fileno() if fd is None else fd
+        self.enabled = enabled
+        self.lines: list[bytes] = []
+        self.dropped_lines = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if len(self.lines) >= ACCESS_LOG_QUEUE_MAX_LINES:
+            self.dropped_lines += 1
+            return
+        self.lines.append(orjson.dumps(record) + b"\n")
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        data = b"".join(self.lines)
+        self.lines.clear()
+        with contextlib.suppress(OSError):
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(ACCESS_LOG_FLUSH_INTERVAL_MS / 1000)
+            self.flush()
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
+
+
+class JsonFormatter(logging.Formatter):
+    """Application log records (not requests) as JSON lines, tracebacks included as text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(payload).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("walletgate")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
