@@ -29,7 +29,7 @@ MIDAS_SANDBOX_KEY = "sandbox-app-key-7d1c3b5a9e2f4d6c"
 MIDAS_ACCESS_TOKEN = "ACCESSTOKEN"
 
 
-def test_config_dict(journal_dir: Path) -> dict[str, Any]:
+def config_dict(journal_dir: Path) -> dict[str, Any]:
     return {
         "server": {"max_body_bytes": 65536, "trusted_proxies": ["127.0.0.1/32"]},
         "redis": {"url": "redis://127.0.0.1:6379/0"},
@@ -66,7 +66,7 @@ def test_config_dict(journal_dir: Path) -> dict[str, Any]:
 
 
 def make_config(journal_dir: Path, redis_url: str) -> Config:
-    raw = test_config_dict(journal_dir)
+    raw = config_dict(journal_dir)
     raw["redis"]["url"] = redis_url
     return parse_config(raw)
 

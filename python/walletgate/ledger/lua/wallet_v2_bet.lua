@@ -1,0 +1,90 @@
+-- wallet_v2_bet: debit a Wallet v2 bet, idempotent on (wallet_token, currency, id).
+--
+-- KEYS[1] account hash, KEYS[2] journal stream (prelude)
+-- KEYS[3] wg:{T:P}:tx:<currency>:<id>          the bet's transaction record
+-- KEYS[4] wg:{T:P}:round:<currency>:<round>    the bet's round (round_id, else the bet's own id)
+-- ARGV[1..8] prelude common arguments (key = "<currency>:<id>"; the fingerprint covers type,
+--          player, amount and round_id)
+-- ARGV[9]  amount_units: decimal integer string >= 0 (cents x 100)
+-- ARGV[10] id: the bet's id, a decimal uint64 string
+-- ARGV[11] round: the round id the bet joins, a decimal uint64 string
+-- Returns: {outcome, code, balance_units, created_us, kind}
+--   outcome "stored": a new stored outcome, code "1" (debited), "INSUFFICIENT_FUNDS" or
+--     "CANCELLED" (the key holds a tombstone); kind is the journal kind written ("bet" or
+--     "reject") | "replay": code, balance_units and created_us of the stored outcome |
+--     "conflict": the key holds another fingerprint (balance_units is the current balance) |
+--     "unknown": the player's account does not exist. Nothing is written unless "stored".
+--
+-- Tx record (hash, TTL = retention): fp, state (applied|rejected), code, op "bet", protocol,
+-- player, currency, delta, bal, seq, created_us, id, round, amount, and later settled_by (the
+-- win that settled its round) or cancelled_by (the cancel that refunded it).
+-- Round hash: field "bet:<id>" = open|settled|cancelled, "settled_by" = first settling win.
+
+local player = ARGV[2]
+local currency = ARGV[3]
+local protocol = ARGV[4]
+local tx_name = ARGV[5]
+local fp = ARGV[6]
+local retention_s = ARGV[8]
+local amount_units = ARGV[9]
+local bet_id = ARGV[10]
+local round = ARGV[11]
+local account_key = KEYS[1]
+local tx_key = KEYS[3]
+local round_key = KEYS[4]
+local balance_field = 'bal:' .. currency
+
+local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'created_us')
+if stored[1] and stored[2] ~= 'tombstone' then
+  if stored[1] ~= fp then
+    return {'conflict', 'DUPLICATE_ID', wg_get(account_key, balance_field), '0', ''}
+  end
+  return {'replay', stored[3], stored[4], stored[5], ''}
+end
+if redis.call('EXISTS', account_key) == 0 then
+  return {'unknown', '', '0', '0', ''}
+end
+
+local function store(state, code, delta, balance, seq, now_us)
+  local fields = {
+    'fp', fp, 'state', state, 'code', code, 'op', 'bet', 'protocol', protocol,
+    'player', player, 'currency', currency, 'delta', delta, 'bal', balance, 'seq', seq,
+    'created_us', now_us, 'id', bet_id, 'round', round, 'amount', amount_units,
+  }
+  for i = 1, #fields, 2 do
+    wg_hset(tx_key, fields[i], fields[i + 1], retention_s)
+  end
+end
+
+local balance = wg_get(account_key, balance_field)
+local rejection = nil
+if stored[2] == 'tombstone' then
+  -- A cancel arrived first: the bet is refused for good (its tombstone's cancelled_by stays).
+  rejection = 'CANCELLED'
+elseif wg_cmp(balance, amount_units) < 0 then
+  rejection = 'INSUFFICIENT_FUNDS'
+end
+if rejection then
+  local seq = wg_next_seq(currency)
+  local now_us = wg_now_us()
+  store('rejected', rejection, '0', balance, seq, now_us)
+  wg_journal(currency, seq, 'reject', '0', balance, rejection)
+  return {'stored', rejection, balance, now_us, 'reject'}
+end
+
+-- 0 <= amount <= balance, so the debit cannot leave the int64 range.
+local delta = wg_negate(amount_units)
+local balance_after = wg_add(account_key, balance_field, delta)
+local seq = wg_next_seq(currency)
+local now_us = wg_now_us()
+store('applied', '1', delta, balance_after, seq, now_us)
+local settled_by = redis.call('HGET', round_key, 'settled_by')
+if settled_by then
+  -- A win was already applied in this round: the bet is settled from the start.
+  wg_hset(tx_key, 'settled_by', settled_by, retention_s)
+  wg_hset(round_key, 'bet:' .. bet_id, 'settled', retention_s)
+else
+  wg_hset(round_key, 'bet:' .. bet_id, 'open', retention_s)
+end
+wg_journal(currency, seq, 'bet', delta, balance_after, 1)
+return {'stored', '1', balance_after, now_us, 'bet'}
