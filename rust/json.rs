@@ -389,8 +389,9 @@ impl<'a> Reader<'a> {
                             self.pos = escape_start;
                             return Err(self.err(ErrorKind::LoneSurrogate));
                         }
-                        let code =
-                            0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
+                        let code = 0x10000
+                            + ((u32::from(unit) - 0xD800) << 10)
+                            + (u32::from(low) - 0xDC00);
                         char::from_u32(code).expect("a surrogate pair is a valid scalar")
                     }
                     0xDC00..=0xDFFF => {
@@ -783,8 +784,25 @@ mod tests {
     #[test]
     fn bad_numbers() {
         for text in [
-            "01", "-01", "00", "1.", "-", "-a", ".5", "+1", "1e", "1e+", "1.e3", "0x1", "NaN",
-            "Infinity", "-Infinity", "1.5.5", "--1", "1_000", "1 2",
+            "01",
+            "-01",
+            "00",
+            "1.",
+            "-",
+            "-a",
+            ".5",
+            "+1",
+            "1e",
+            "1e+",
+            "1.e3",
+            "0x1",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "1.5.5",
+            "--1",
+            "1_000",
+            "1 2",
         ] {
             assert!(parse(text.as_bytes(), 32).is_err(), "{text}");
         }
@@ -824,7 +842,10 @@ mod tests {
         assert_eq!(kind(br#"{"a":1,"a":2}"#), ErrorKind::DuplicateKey);
         assert_eq!(kind(br#"{"a":1,"b":2,"a":1}"#), ErrorKind::DuplicateKey);
         assert_eq!(kind(br#"{"x":{"a":1,"a":2}}"#), ErrorKind::DuplicateKey);
-        assert_eq!(kind(br#"[{"a":1},{"b":[{"c":1,"c":1}]}]"#), ErrorKind::DuplicateKey);
+        assert_eq!(
+            kind(br#"[{"a":1},{"b":[{"c":1,"c":1}]}]"#),
+            ErrorKind::DuplicateKey
+        );
         // Escapes are decoded before comparing.
         assert_eq!(kind(br#"{"a":1,"\u0061":2}"#), ErrorKind::DuplicateKey);
         assert_eq!(kind(br#"{"\/":1,"/":2}"#), ErrorKind::DuplicateKey);
@@ -858,7 +879,10 @@ mod tests {
 
     #[test]
     fn strings_and_escapes() {
-        assert_eq!(ok(r#""a\"b\\c\/d\be\ff\ng\rh\ti""#), s("a\"b\\c/d\u{8}e\u{c}f\ng\rh\ti"));
+        assert_eq!(
+            ok(r#""a\"b\\c\/d\be\ff\ng\rh\ti""#),
+            s("a\"b\\c/d\u{8}e\u{c}f\ng\rh\ti")
+        );
         assert_eq!(ok(r#""\u0041\u00e9\u4E2D""#), s("Aé中"));
         assert_eq!(ok(r#""\u0000""#), s("\0"));
         assert_eq!(ok(r#""\ud83d\ude00""#), s("😀"));
@@ -975,7 +999,11 @@ mod tests {
             parse(deep.as_bytes(), MAX_DEPTH_LIMIT).unwrap_err().kind,
             ErrorKind::TooDeep
         );
-        let ok_deep = format!("{}{}", "[".repeat(MAX_DEPTH_LIMIT), "]".repeat(MAX_DEPTH_LIMIT));
+        let ok_deep = format!(
+            "{}{}",
+            "[".repeat(MAX_DEPTH_LIMIT),
+            "]".repeat(MAX_DEPTH_LIMIT)
+        );
         assert!(parse(ok_deep.as_bytes(), MAX_DEPTH_LIMIT).is_ok());
     }
 

@@ -224,13 +224,13 @@ mod py {
     #[pyfunction]
     fn parse_money(value: &Bound<'_, PyAny>) -> PyResult<i64> {
         if let Ok(s) = value.downcast::<PyString>() {
-            let text = s
-                .to_str()
-                .map_err(|_| money_error(MoneyError::Syntax))?;
+            let text = s.to_str().map_err(|_| money_error(MoneyError::Syntax))?;
             return money::parse_units(text.as_bytes()).map_err(money_error);
         }
         if value.is_instance_of::<PyBool>() {
-            return Err(PyValueError::new_err("invalid amount: bool is not a number"));
+            return Err(PyValueError::new_err(
+                "invalid amount: bool is not a number",
+            ));
         }
         if let Ok(i) = value.downcast::<PyInt>() {
             let major: i64 = i
@@ -303,7 +303,12 @@ mod py {
         let Some(sign) = optional_secret(sign)? else {
             return Ok(false);
         };
-        Ok(sign::verify_minigame_sign(raw_query, raw_body, key, Some(sign)))
+        Ok(sign::verify_minigame_sign(
+            raw_query,
+            raw_body,
+            key,
+            Some(sign),
+        ))
     }
 
     #[pyfunction]

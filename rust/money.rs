@@ -318,7 +318,14 @@ mod tests {
             let text = format_units(units);
             assert_eq!(p(&text), Ok(units), "{text}");
         }
-        for units in [i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX, -10_000, 9_999] {
+        for units in [
+            i64::MIN,
+            i64::MIN + 1,
+            i64::MAX - 1,
+            i64::MAX,
+            -10_000,
+            9_999,
+        ] {
             assert_eq!(p(&format_units(units)), Ok(units));
         }
     }
@@ -326,10 +333,22 @@ mod tests {
     #[test]
     fn integers() {
         assert_eq!(units_from_integer(-3), Ok(-30_000));
-        assert_eq!(units_from_integer(922_337_203_685_477), Ok(9_223_372_036_854_770_000));
-        assert_eq!(units_from_integer(-922_337_203_685_477), Ok(-9_223_372_036_854_770_000));
-        assert_eq!(units_from_integer(922_337_203_685_478), Err(MoneyError::OutOfRange));
-        assert_eq!(units_from_integer(-922_337_203_685_478), Err(MoneyError::OutOfRange));
+        assert_eq!(
+            units_from_integer(922_337_203_685_477),
+            Ok(9_223_372_036_854_770_000)
+        );
+        assert_eq!(
+            units_from_integer(-922_337_203_685_477),
+            Ok(-9_223_372_036_854_770_000)
+        );
+        assert_eq!(
+            units_from_integer(922_337_203_685_478),
+            Err(MoneyError::OutOfRange)
+        );
+        assert_eq!(
+            units_from_integer(-922_337_203_685_478),
+            Err(MoneyError::OutOfRange)
+        );
         assert_eq!(units_from_integer(i64::MAX), Err(MoneyError::OutOfRange));
     }
 
@@ -355,7 +374,10 @@ mod tests {
         assert_eq!(cents_to_units(i64::MIN / 100), Some(i64::MIN / 100 * 100));
         assert_eq!(cents_to_units(i64::MIN / 100 - 1), None);
         assert_eq!(coins_to_units(10), Some(100_000));
-        assert_eq!(coins_to_units(922_337_203_685_477), Some(9_223_372_036_854_770_000));
+        assert_eq!(
+            coins_to_units(922_337_203_685_477),
+            Some(9_223_372_036_854_770_000)
+        );
         assert_eq!(coins_to_units(922_337_203_685_478), None);
         assert_eq!(coins_to_units(-922_337_203_685_478), None);
         assert_eq!(checked_add_units(i64::MAX, 0), Some(i64::MAX));

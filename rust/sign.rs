@@ -163,7 +163,12 @@ where
     K: AsRef<[u8]>,
     V: AsRef<[u8]>,
 {
-    midas_mac(params, org_loc.as_bytes(), b"session_key", session_key.as_bytes())
+    midas_mac(
+        params,
+        org_loc.as_bytes(),
+        b"session_key",
+        session_key.as_bytes(),
+    )
 }
 
 /// Checks a Midas `sig` in constant time (lowercase hex expected; `None` fails).
@@ -228,7 +233,12 @@ mod tests {
     const MG_CURLY_SIGN: &str = "d66a60d2a6565c3f933386c41b3dfba0";
 
     fn mg(body: &str) -> String {
-        hex_str(&minigame_sign(MG_QUERY.as_bytes(), body.as_bytes(), MG_KEY.as_bytes())).to_owned()
+        hex_str(&minigame_sign(
+            MG_QUERY.as_bytes(),
+            body.as_bytes(),
+            MG_KEY.as_bytes(),
+        ))
+        .to_owned()
     }
 
     fn mg_verify(body: &str, sign: Option<&str>) -> bool {
@@ -261,7 +271,10 @@ mod tests {
         assert!(!mg_verify(MG_BODY, Some(&MG_SIGN[..31])));
         assert!(!mg_verify(MG_BODY, Some(&format!("{MG_SIGN}0"))));
         assert!(!mg_verify(MG_BODY, Some(&format!(" {}", &MG_SIGN[1..]))));
-        assert!(!mg_verify(MG_BODY, Some("e3f8dc79e875e46f6755ef540c2d24f4")));
+        assert!(!mg_verify(
+            MG_BODY,
+            Some("e3f8dc79e875e46f6755ef540c2d24f4")
+        ));
         // Wrong key, reordered query, or a query with a separator.
         assert!(!verify_minigame_sign(
             MG_QUERY.as_bytes(),
@@ -278,7 +291,10 @@ mod tests {
         // Case folding must not map other bytes onto hex digits.
         let mut shifted = MG_SIGN.as_bytes().to_vec();
         shifted[0] = b'e' ^ 0x20; // 'E' is fine …
-        assert!(mg_verify(MG_BODY, Some(std::str::from_utf8(&shifted).unwrap())));
+        assert!(mg_verify(
+            MG_BODY,
+            Some(std::str::from_utf8(&shifted).unwrap())
+        ));
         shifted[1] = b'3' ^ 0x20; // … but '3' ^ 0x20 = 0x13 is not '3'.
         assert!(!verify_minigame_sign(
             MG_QUERY.as_bytes(),
@@ -300,7 +316,10 @@ mod tests {
         assert_ne!(MG_CHANGE_SIGN_SPACED, MG_CHANGE_SIGN);
         // A sign made over re-serialised bytes must not verify the compact bytes received.
         assert!(!mg_verify(MG_CHANGE_BODY, Some(MG_CHANGE_SIGN_SPACED)));
-        assert!(mg_verify(MG_CHANGE_BODY_SPACED, Some(MG_CHANGE_SIGN_SPACED)));
+        assert!(mg_verify(
+            MG_CHANGE_BODY_SPACED,
+            Some(MG_CHANGE_SIGN_SPACED)
+        ));
     }
 
     #[test]
@@ -322,8 +341,7 @@ mod tests {
     const SIG: &str = "1ad64e8dcb2ec1dc486b7fdf01f4a15159fc623dc3422470e51cf6870734726b";
     const MP_SIG: &str = "ff4c5bb39dea1002a8f03be0438724e1a8bcea5ebce8f221f9b9fea3bcf3bf76";
     const SANDBOX_SIG: &str = "f8f9f6ac64eb1cf4a5f2f0235f72fe69af0d2ceb2b26bed5a024244140643bb4";
-    const SANDBOX_MP_SIG: &str =
-        "ba1b7d2bce2e824cadf56c143fab6739e843f7b5578c079ec1432f12e5120b6c";
+    const SANDBOX_MP_SIG: &str = "ba1b7d2bce2e824cadf56c143fab6739e843f7b5578c079ec1432f12e5120b6c";
     const PAY_SIG: &str = "14706e70591862f7d6123db4ca13dc407790034db5ca2f48656349943fb66b99";
     const PAY_MP_SIG: &str = "c53c5b4f57e94dee76989622eb6590dea9ab161ff0d84bf5cb89c51f1e6cae25";
     const PLACEHOLDER_SIG: &str =
@@ -367,38 +385,78 @@ mod tests {
         let string = "appid=wx1234567&offer_id=12345678&openid=odkx20ENSNa2w5y3g_qOkOvBNM1g\
                       &pf=android&ts=1507530737&zone_id=1&org_loc=/cgi-bin/midas/getbalance\
                       &method=POST&secret=zNLgAGgqsEWJOg1nFVaO5r7fAlIQxr1u";
-        assert_eq!(hex(&hmac_sha256_hex(APP_KEY.as_bytes(), string.as_bytes())), SIG);
-        assert!(verify_midas_sig(&params, PATH, APP_KEY, Some(SIG.as_bytes())));
+        assert_eq!(
+            hex(&hmac_sha256_hex(APP_KEY.as_bytes(), string.as_bytes())),
+            SIG
+        );
+        assert!(verify_midas_sig(
+            &params,
+            PATH,
+            APP_KEY,
+            Some(SIG.as_bytes())
+        ));
         assert!(!verify_midas_sig(&params, PATH, APP_KEY, None));
         assert!(!verify_midas_sig(&params, PATH, APP_KEY, Some(b"")));
-        assert!(!verify_midas_sig(&params, SANDBOX_PATH, APP_KEY, Some(SIG.as_bytes())));
+        assert!(!verify_midas_sig(
+            &params,
+            SANDBOX_PATH,
+            APP_KEY,
+            Some(SIG.as_bytes())
+        ));
         assert!(!verify_midas_sig(&params, PATH, "x", Some(SIG.as_bytes())));
     }
 
     #[test]
     fn midas_official_mp_sig() {
-        let params = with(base_params(), &[("access_token", ACCESS_TOKEN), ("sig", SIG)]);
+        let params = with(
+            base_params(),
+            &[("access_token", ACCESS_TOKEN), ("sig", SIG)],
+        );
         assert_eq!(hex(&midas_mp_sig(&params, PATH, SESSION_KEY)), MP_SIG);
         let string = "access_token=ACCESSTOKEN&appid=wx1234567&offer_id=12345678\
                       &openid=odkx20ENSNa2w5y3g_qOkOvBNM1g&pf=android\
                       &sig=1ad64e8dcb2ec1dc486b7fdf01f4a15159fc623dc3422470e51cf6870734726b\
                       &ts=1507530737&zone_id=1&org_loc=/cgi-bin/midas/getbalance\
                       &method=POST&session_key=V7Q38/i2KXaqrQyl2Yx9Hg==";
-        assert_eq!(hex(&hmac_sha256_hex(SESSION_KEY.as_bytes(), string.as_bytes())), MP_SIG);
-        assert!(verify_midas_mp_sig(&params, PATH, SESSION_KEY, Some(MP_SIG.as_bytes())));
+        assert_eq!(
+            hex(&hmac_sha256_hex(SESSION_KEY.as_bytes(), string.as_bytes())),
+            MP_SIG
+        );
+        assert!(verify_midas_mp_sig(
+            &params,
+            PATH,
+            SESSION_KEY,
+            Some(MP_SIG.as_bytes())
+        ));
         assert!(!verify_midas_mp_sig(&params, PATH, SESSION_KEY, None));
-        assert!(!verify_midas_mp_sig(&params, PATH, APP_KEY, Some(MP_SIG.as_bytes())));
+        assert!(!verify_midas_mp_sig(
+            &params,
+            PATH,
+            APP_KEY,
+            Some(MP_SIG.as_bytes())
+        ));
         // Uppercase hex is not the documented form.
         let upper = MP_SIG.to_ascii_uppercase();
-        assert!(!verify_midas_mp_sig(&params, PATH, SESSION_KEY, Some(upper.as_bytes())));
+        assert!(!verify_midas_mp_sig(
+            &params,
+            PATH,
+            SESSION_KEY,
+            Some(upper.as_bytes())
+        ));
     }
 
     #[test]
     fn midas_sandbox() {
         let params = base_params();
         assert_eq!(hex(&midas_sig(&params, SANDBOX_PATH, APP_KEY)), SANDBOX_SIG);
-        let params = with(params, &[("access_token", ACCESS_TOKEN), ("sig", SANDBOX_SIG)]);
-        assert_eq!(hex(&midas_mp_sig(&params, SANDBOX_PATH, SESSION_KEY)), SANDBOX_MP_SIG);
+        let params = with(
+            params,
+            &[("access_token", ACCESS_TOKEN), ("sig", SANDBOX_SIG)],
+        );
+        assert_eq!(
+            hex(&midas_mp_sig(&params, SANDBOX_PATH, SESSION_KEY)),
+            SANDBOX_MP_SIG
+        );
     }
 
     #[test]
@@ -406,8 +464,16 @@ mod tests {
         let params = with(base_params(), &[("amt", "10"), ("bill_no", "BILL0001")]);
         assert_eq!(hex(&midas_sig(&params, PAY_PATH, APP_KEY)), PAY_SIG);
         let params = with(params, &[("access_token", ACCESS_TOKEN), ("sig", PAY_SIG)]);
-        assert_eq!(hex(&midas_mp_sig(&params, PAY_PATH, SESSION_KEY)), PAY_MP_SIG);
-        assert!(verify_midas_mp_sig(&params, PAY_PATH, SESSION_KEY, Some(PAY_MP_SIG.as_bytes())));
+        assert_eq!(
+            hex(&midas_mp_sig(&params, PAY_PATH, SESSION_KEY)),
+            PAY_MP_SIG
+        );
+        assert!(verify_midas_mp_sig(
+            &params,
+            PAY_PATH,
+            SESSION_KEY,
+            Some(PAY_MP_SIG.as_bytes())
+        ));
     }
 
     #[test]
@@ -416,7 +482,10 @@ mod tests {
             base_params(),
             &[("access_token", ACCESS_TOKEN), ("sig", PLACEHOLDER_SIG)],
         );
-        assert_eq!(hex(&midas_mp_sig(&params, PATH, SESSION_KEY)), PLACEHOLDER_MP_SIG);
+        assert_eq!(
+            hex(&midas_mp_sig(&params, PATH, SESSION_KEY)),
+            PLACEHOLDER_MP_SIG
+        );
     }
 
     #[test]
@@ -433,7 +502,10 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(SESSION_KEY)
             .unwrap();
-        let params = with(base_params(), &[("access_token", ACCESS_TOKEN), ("sig", SIG)]);
+        let params = with(
+            base_params(),
+            &[("access_token", ACCESS_TOKEN), ("sig", SIG)],
+        );
         let string = "access_token=ACCESSTOKEN&appid=wx1234567&offer_id=12345678\
                       &openid=odkx20ENSNa2w5y3g_qOkOvBNM1g&pf=android\
                       &sig=1ad64e8dcb2ec1dc486b7fdf01f4a15159fc623dc3422470e51cf6870734726b\
@@ -465,33 +537,28 @@ mod tests {
         assert_eq!(hex(&midas_sig(&params, PATH, APP_KEY)), SIG);
         params.sort();
         assert_eq!(hex(&midas_sig(&params, PATH, APP_KEY)), SIG);
-        let strs: Vec<(&str, &str)> =
-            params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let strs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(hex(&midas_sig(&strs, PATH, APP_KEY)), SIG);
     }
 
     #[test]
-    fn midas_many_params_use_the_heap_path_consistently() {
-        let params: Vec<(String, String)> = (0..INLINE_PARAMS + 5)
-            .rev()
-            .map(|i| (format!("k{i:03}"), format!("v{i}")))
-            .collect();
-        let mut string = String::new();
-        for i in 0..INLINE_PARAMS + 5 {
-            if i > 0 {
-                string.push('&');
-            }
-            string.push_str(&format!("k{i:03}=v{i}"));
+    fn midas_inline_and_heap_sort_paths_agree_with_the_recipe() {
+        for n in [0, 1, INLINE_PARAMS, INLINE_PARAMS + 1, INLINE_PARAMS + 40] {
+            let params: Vec<(String, String)> = (0..n)
+                .rev()
+                .map(|i| (format!("k{i:03}"), format!("v{i}")))
+                .collect();
+            let string_a: Vec<String> = (0..n).map(|i| format!("k{i:03}=v{i}")).collect();
+            let string = format!("{}&org_loc=/p&method=POST&secret=key", string_a.join("&"));
+            assert_eq!(
+                midas_sig(&params, "/p", "key"),
+                hmac_sha256_hex(b"key", string.as_bytes()),
+                "{n}"
+            );
         }
-        string.push_str("&org_loc=/p&method=POST&secret=key");
-        assert_eq!(
-            midas_sig(&params, "/p", "key"),
-            hmac_sha256_hex(b"key", string.as_bytes())
-        );
-        assert_eq!(
-            midas_sig(&params[..INLINE_PARAMS], "/p", "key"),
-            midas_sig(&params[..INLINE_PARAMS].to_vec(), "/p", "key")
-        );
     }
 
     // --- WeChat login state --------------------------------------------------------------------

@@ -399,8 +399,7 @@ def mutated_documents(draw: st.DrawFn) -> bytes:
     """Valid JSON with a few bytes inserted, deleted or replaced."""
     body = bytearray(json.dumps(draw(json_values), ensure_ascii=draw(st.booleans())).encode())
     noise = st.sampled_from(
-        list(b'{}[],:"\\ -+.0123456789eEtrufalsn\x00\x1f\x7f')
-        + [0xC3, 0xA9, 0xFF, 0xED, 0xA0, 0x80]
+        [*b'{}[],:"\\ -+.0123456789eEtrufalsn\x00\x1f\x7f', 0xC3, 0xA9, 0xFF, 0xED, 0xA0, 0x80]
     )
     for _ in range(draw(st.integers(1, 3))):
         pos = draw(st.integers(0, len(body)))

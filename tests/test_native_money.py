@@ -168,9 +168,9 @@ def test_boundaries() -> None:
             native.parse_money(past)
     assert native.format_units(MAX) == "922337203685477.5807"
     assert native.format_units(MIN) == "-922337203685477.5808"
-    for past in (MAX + 1, MIN - 1):
+    for past_units in (MAX + 1, MIN - 1):
         with pytest.raises(OverflowError):
-            native.format_units(past)
+            native.format_units(past_units)
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def spelled_units(draw: st.DrawFn) -> tuple[str, int]:
     return text, value
 
 
-@settings(max_examples=3_000, deadline=None)
+@settings(max_examples=1_500, deadline=None)
 @given(spelled_units())
 def test_parse_matches_decimal(case: tuple[str, int]) -> None:
     text, value = case
@@ -235,7 +235,7 @@ def test_parse_matches_decimal(case: tuple[str, int]) -> None:
     assert native.parse_money(text) == value
 
 
-@settings(max_examples=3_000, deadline=None)
+@settings(max_examples=1_500, deadline=None)
 @given(
     st.one_of(
         st.from_regex(GRAMMAR, fullmatch=True),

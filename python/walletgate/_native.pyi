@@ -5,7 +5,30 @@ boundary, plus :class:`JsonDecimal` for JSON numbers that are not integers.
 """
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, final
+
+__all__ = [
+    "MAX_UNITS",
+    "MIN_UNITS",
+    "UNITS_PER_MAJOR",
+    "JsonDecimal",
+    "cents_to_units",
+    "checked_add_units",
+    "coins_to_units",
+    "constant_time_eq",
+    "format_units",
+    "hmac_sha256_hex",
+    "midas_mp_sig",
+    "midas_sig",
+    "minigame_sign",
+    "parse_json",
+    "parse_money",
+    "units_to_cents",
+    "units_to_coins",
+    "verify_midas_mp_sig",
+    "verify_midas_sig",
+    "verify_minigame_sign",
+]
 
 MAX_UNITS: Final[int]
 """The largest balance or amount in units at scale 4: ``922337203685477.5807`` = ``2**63 - 1``."""
@@ -14,8 +37,12 @@ MIN_UNITS: Final[int]
 UNITS_PER_MAJOR: Final[int]
 """10000 units make one major unit (scale 4)."""
 
+@final
 class JsonDecimal:
-    """A JSON number with a fraction or an exponent, kept as its exact literal text."""
+    """A JSON number with a fraction or an exponent, kept as its exact literal text.
+
+    Made only by :func:`parse_json`; it cannot be constructed or subclassed from Python.
+    """
 
     @property
     def literal(self) -> str:
