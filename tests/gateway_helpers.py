@@ -83,7 +83,3 @@ def make_context(config: Config) -> GatewayContext:
 
 def make_app(routes: Sequence[BaseRoute]) -> Starlette:
     return Starlette(routes=list(routes))
-
-
-# Kept while older test modules import it by this name (only under an alias, never collected).
-test_config_dict = config_dict
