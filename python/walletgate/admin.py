@@ -269,7 +269,10 @@ def stored_outcome(
         "currency": record.get("currency"),
         "state": record.get("state"),
         "delta": _native.format_units(int(record.get("delta", "0") or 0)),
-        "balance_after": _native.format_units(int(record.get("bal", "0") or 0)),
+        # Midas records keep the paid part in "bal" and the gifted part in "gbal".
+        "balance_after": _native.format_units(
+            int(record.get("bal", "0") or 0) + int(record.get("gbal", "0") or 0)
+        ),
         "response": _render(record, renderer),
         "created_at": _rfc3339(created_s),
         "expires_at": _rfc3339(time.time() + ttl_s) if ttl_s > 0 else None,
