@@ -1,0 +1,230 @@
+-- minigame_change: MINI.GAME seamless change_balance (types 1-7), idempotent on (app_id, order_id).
+--
+-- KEYS[1] account hash, KEYS[2] journal stream (prelude)
+-- KEYS[3] wg:{T:P}:tx:<order_id>                 this request's transaction record
+-- KEYS[4] wg:{T:P}:round:<session_id>            the round, or KEYS[1] when there is no session_id
+-- KEYS[5] wg:{T:P}:tx:<cancel_order_id>          type 2 only: the bet to cancel, else KEYS[1]
+-- KEYS[6..] wg:{T:P}:tx:<bet order_id>           types 3 and 4: one per award_order_ids item
+-- ARGV[1..8] prelude common arguments (ARGV[3] = the configured currency, ARGV[5] = order_id)
+-- ARGV[9]  type "1".."7" (already checked against the merchant's enabled types)
+-- ARGV[10] money: signed units string
+-- ARGV[11] |money|: units string (type 1/6 debit; type 2 compared with the refund)
+-- ARGV[12] end_round: "1" or "0"
+-- ARGV[13] session_id ("" when none)
+-- ARGV[14] cancel_order_id ("" when none)
+--
+-- Returns {status, code, balance_units, msg, a, b, c, d}
+--   "applied"  code "1"; a = effect (debit|credit|refund|noop|tombstone), b = "1" when a cancel's
+--              amount differs from the refunded debit, c = award items naming no applied bet,
+--              d = award items naming a bet already awarded
+--   "rejected" a business rejection stored now: code "10001" or "10010"
+--   "replay"   the stored code, balance and msg; a = "1" when this replay closed the round,
+--              b = the stored type
+--   "conflict" order_id reused with another fingerprint (nothing written)
+--   "unknown_player" | "bad_cancel" (cancel_order_id names no type 1/6 order) |
+--   "overflow" (a credit would leave int64): nothing written
+--
+-- The tx record carries fp, state (applied|rejected|tombstone), code, msg, op (bet|fee|win|cancel|
+-- tombstone), type, protocol, player, currency, delta, bal, seq, created_us, round, and as they
+-- happen cancel_of, effect, cancelled_by, awarded_by, settled_by. A round hash carries
+-- "bet:<order_id>" per bet or fee placed in it and "closed" = the order_id that closed it.
+
+local currency = ARGV[3]
+local protocol = ARGV[4]
+local order_id = ARGV[5]
+local fp = ARGV[6]
+local retention_s = ARGV[8]
+local mg_type = ARGV[9]
+local money = ARGV[10]
+local money_abs = ARGV[11]
+local end_round = ARGV[12] == '1'
+local session_id = ARGV[13]
+local cancel_order_id = ARGV[14]
+local acct = KEYS[1]
+local tx_key = KEYS[3]
+local round_key = KEYS[4]
+local target_key = KEYS[5]
+local has_round = session_id ~= ''
+local bal_field = 'bal:' .. currency
+
+local OPS = {['1'] = 'bet', ['2'] = 'cancel', ['3'] = 'win', ['4'] = 'win', ['5'] = 'win',
+  ['6'] = 'fee', ['7'] = 'win'}
+local op = OPS[mg_type]
+
+if redis.call('EXISTS', acct) == 0 then
+  return {'unknown_player', '0', '0', ''}
+end
+
+-- One HSET + EXPIRE for several fields, recorded in the journal fx like wg_hset.
+local function mg_hset_many(key, flat)
+  redis.call('HSET', key, unpack(flat))
+  redis.call('EXPIRE', key, retention_s)
+  local suffix = wg_suffix(key)
+  for i = 1, #flat, 2 do
+    WG_FX[#WG_FX + 1] = {suffix, flat[i], flat[i + 1], retention_s}
+  end
+end
+
+local function store_own(state, code, msg, cur, delta, balance, seq, extra)
+  local flat = {'fp', fp, 'state', state, 'code', code, 'msg', msg, 'op', op, 'type', mg_type,
+    'protocol', protocol, 'player', ARGV[2], 'currency', cur, 'delta', delta, 'bal', balance,
+    'seq', seq, 'created_us', wg_now_us(), 'round', session_id}
+  if extra then
+    for i = 1, #extra do flat[#flat + 1] = extra[i] end
+  end
+  mg_hset_many(tx_key, flat)
+end
+
+-- Close the request's round (once): every applied, unsettled, uncancelled bet in it is settled.
+local function close_round()
+  if not has_round or redis.call('HEXISTS', round_key, 'closed') == 1 then
+    return false
+  end
+  local fields = redis.call('HKEYS', round_key)
+  for _, field in ipairs(fields) do
+    if string.sub(field, 1, 4) == 'bet:' then
+      local bet_key = WG_PREFIX .. 'tx:' .. string.sub(field, 5)
+      local bet = redis.call('HMGET', bet_key, 'state', 'settled_by', 'cancelled_by')
+      if bet[1] == 'applied' and not bet[2] and not bet[3] then
+        mg_hset_many(bet_key, {'settled_by', order_id})
+      end
+    end
+  end
+  mg_hset_many(round_key, {'closed', order_id})
+  return true
+end
+
+local function reject(code, msg)
+  local balance = wg_get(acct, bal_field)
+  local seq = wg_next_seq(currency)
+  store_own('rejected', code, msg, currency, '0', balance, seq)
+  wg_journal(currency, seq, 'reject', '0', balance, code)
+  return {'rejected', code, balance, msg}
+end
+
+-- Idempotency: a stored record answers (or a tombstone rejects) before anything else.
+local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'msg', 'type', 'currency')
+if stored[2] then
+  if stored[2] == 'tombstone' then
+    return reject('10010', 'order cancelled')
+  end
+  if stored[1] ~= fp then
+    return {'conflict', '0', '0', ''}
+  end
+  local closed = '0'
+  if stored[2] == 'applied' and (mg_type == '4' or end_round) and close_round() then
+    closed = '1'
+    local stored_currency = stored[7]
+    local balance = wg_get(acct, 'bal:' .. stored_currency)
+    local seq = wg_next_seq(stored_currency)
+    wg_journal(stored_currency, seq, 'close', '0', balance, stored[3])
+  end
+  return {'replay', stored[3], stored[4], stored[5], closed, stored[6]}
+end
+
+-- Debits: type 1 bet, type 6 position fee.
+if op == 'bet' or op == 'fee' then
+  local balance = wg_get(acct, bal_field)
+  if wg_cmp(balance, money_abs) < 0 then
+    return reject('10001', 'balance is not enough')
+  end
+  local delta = wg_negate(money_abs)
+  local new_balance = wg_add(acct, bal_field, delta)
+  if not new_balance then
+    return {'overflow', '0', balance, ''}
+  end
+  local seq = wg_next_seq(currency)
+  local extra = nil
+  local closer = false
+  if has_round then
+    closer = redis.call('HGET', round_key, 'closed')
+  end
+  if closer then
+    extra = {'settled_by', closer}
+  end
+  store_own('applied', '1', 'ok', currency, delta, new_balance, seq, extra)
+  if has_round and not closer then
+    mg_hset_many(round_key, {'bet:' .. order_id, '1'})
+  end
+  if end_round then close_round() end
+  wg_journal(currency, seq, 'bet', delta, new_balance, '1')
+  return {'applied', '1', new_balance, 'ok', 'debit', '0', '0', '0'}
+end
+
+-- Credits: type 3 in-round payout, 4 settlement, 5 and 7 OMG promotions.
+if op == 'win' then
+  local new_balance = wg_add(acct, bal_field, money)
+  if not new_balance then
+    return {'overflow', '0', wg_get(acct, bal_field), ''}
+  end
+  local unknown, already = 0, 0
+  for i = 6, #KEYS do
+    local bet_key = KEYS[i]
+    local bet = redis.call('HMGET', bet_key, 'state', 'op', 'awarded_by', 'settled_by',
+      'cancelled_by')
+    if bet[1] ~= 'applied' or (bet[2] ~= 'bet' and bet[2] ~= 'fee') then
+      unknown = unknown + 1
+    elseif bet[3] then
+      already = already + 1
+    elseif not bet[4] and not bet[5] then
+      mg_hset_many(bet_key, {'awarded_by', order_id, 'settled_by', order_id})
+    else
+      mg_hset_many(bet_key, {'awarded_by', order_id})
+    end
+  end
+  local seq = wg_next_seq(currency)
+  store_own('applied', '1', 'ok', currency, money, new_balance, seq)
+  if mg_type == '4' or end_round then close_round() end
+  wg_journal(currency, seq, 'win', money, new_balance, '1')
+  return {'applied', '1', new_balance, 'ok', 'credit', '0', tostring(unknown), tostring(already)}
+end
+
+-- Type 2: cancel, per the cancel model.
+local target = redis.call('HMGET', target_key, 'state', 'op', 'delta', 'currency',
+  'cancelled_by', 'settled_by')
+if not target[1] then
+  -- Unknown bet: nothing moves; a tombstone makes a later bet on that key fail with 10010.
+  local balance = wg_get(acct, bal_field)
+  local seq = wg_next_seq(currency)
+  mg_hset_many(target_key, {'fp', '', 'state', 'tombstone', 'code', '10010',
+    'msg', 'order cancelled', 'op', 'tombstone', 'type', '', 'protocol', protocol,
+    'player', ARGV[2], 'currency', currency, 'delta', '0', 'bal', balance, 'seq', seq,
+    'created_us', wg_now_us(), 'round', '', 'cancelled_by', order_id})
+  store_own('applied', '1', 'ok', currency, '0', balance, seq,
+    {'cancel_of', cancel_order_id, 'effect', 'tombstone'})
+  if end_round then close_round() end
+  wg_journal(currency, seq, 'tombstone', '0', balance, '1')
+  return {'applied', '1', balance, 'ok', 'tombstone', '0', '0', '0'}
+end
+if target[2] ~= 'bet' and target[2] ~= 'fee' and target[2] ~= 'tombstone' then
+  return {'bad_cancel', '0', '0', ''}
+end
+if target[1] ~= 'applied' or target[5] then
+  -- Already cancelled, tombstoned, or a stored rejection: nothing to refund.
+  local balance = wg_get(acct, bal_field)
+  local seq = wg_next_seq(currency)
+  store_own('applied', '1', 'ok', currency, '0', balance, seq,
+    {'cancel_of', cancel_order_id, 'effect', 'noop'})
+  if end_round then close_round() end
+  wg_journal(currency, seq, 'cancel', '0', balance, '1')
+  return {'applied', '1', balance, 'ok', 'noop', '0', '0', '0'}
+end
+if target[6] then
+  return reject('10010', 'order settled')
+end
+-- Refund the original debit, in the bet's currency.
+local bet_currency = target[4]
+local refund = wg_negate(target[3])
+local new_balance = wg_add(acct, 'bal:' .. bet_currency, refund)
+if not new_balance then
+  return {'overflow', '0', wg_get(acct, 'bal:' .. bet_currency), ''}
+end
+mg_hset_many(target_key, {'cancelled_by', order_id})
+local seq = wg_next_seq(bet_currency)
+store_own('applied', '1', 'ok', bet_currency, refund, new_balance, seq,
+  {'cancel_of', cancel_order_id, 'effect', 'refund'})
+if end_round then close_round() end
+wg_journal(bet_currency, seq, 'cancel', refund, new_balance, '1')
+local mismatch = '0'
+if money_abs ~= refund then mismatch = '1' end
+return {'applied', '1', new_balance, 'ok', 'refund', mismatch, '0', '0'}
