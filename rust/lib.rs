@@ -64,6 +64,19 @@ mod py {
 
     type Params = Vec<(PyBackedStr, PyBackedStr)>;
 
+    /// Inputs at least this large are hashed with the GIL released.
+    const RELEASE_GIL_BYTES: usize = 64 * 1024;
+
+    /// Runs `f` without the GIL when `len` is large enough to be worth the switch. `f` only reads
+    /// borrowed `bytes` contents, which are immutable and kept alive by the caller.
+    fn maybe_without_gil<T: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> T + Send) -> T {
+        if len >= RELEASE_GIL_BYTES {
+            py.allow_threads(f)
+        } else {
+            f()
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // JSON
     // -----------------------------------------------------------------------------------------
@@ -289,7 +302,9 @@ mod py {
         raw_body: &[u8],
         key: &[u8],
     ) -> Bound<'py, PyString> {
-        hex_str(py, &sign::minigame_sign(raw_query, raw_body, key))
+        let len = raw_query.len() + raw_body.len() + key.len();
+        let hex = maybe_without_gil(py, len, || sign::minigame_sign(raw_query, raw_body, key));
+        hex_str(py, &hex)
     }
 
     #[pyfunction]
@@ -366,7 +381,10 @@ mod py {
 
     #[pyfunction]
     fn hmac_sha256_hex<'py>(py: Python<'py>, key: &[u8], message: &[u8]) -> Bound<'py, PyString> {
-        hex_str(py, &sign::hmac_sha256_hex(key, message))
+        let hex = maybe_without_gil(py, key.len() + message.len(), || {
+            sign::hmac_sha256_hex(key, message)
+        });
+        hex_str(py, &hex)
     }
 
     #[pyfunction]

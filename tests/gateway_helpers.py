@@ -37,29 +37,53 @@ def config_dict(journal_dir: Path) -> dict[str, Any]:
         "admin": {"token": ADMIN_TOKEN},
         "minigame": {
             "merchants": [
-                {"app_id": "10013", "key": MINIGAME_KEY, "default_currency": "usdt",
-                 "currencies": ["usdt", "usd"], "enabled_types": [5, 6, 7], "prefix": "both"},
-                {"app_id": "10014", "key": LUCK_KEY, "default_currency": "USDT",
-                 "currencies": ["USDT"], "enabled_types": [5], "prefix": "luck"},
+                {
+                    "app_id": "10013",
+                    "key": MINIGAME_KEY,
+                    "default_currency": "usdt",
+                    "currencies": ["usdt", "usd"],
+                    "enabled_types": [5, 6, 7],
+                    "prefix": "both",
+                },
+                {
+                    "app_id": "10014",
+                    "key": LUCK_KEY,
+                    "default_currency": "USDT",
+                    "currencies": ["USDT"],
+                    "enabled_types": [5],
+                    "prefix": "luck",
+                },
             ]
         },
         "transfer": {
             "merchants": [
-                {"appid": "1005", "key": TRANSFER_KEY, "default_currency": "usdt",
-                 "currencies": ["usdt", "usd"]},
+                {
+                    "appid": "1005",
+                    "key": TRANSFER_KEY,
+                    "default_currency": "usdt",
+                    "currencies": ["usdt", "usd"],
+                },
             ]
         },
         "wallet_v2": {
             "agents": [
                 {"wallet_token": WALLET_TOKEN, "currencies": ["USD", "UAH"], "ip_allowlist": []},
-                {"wallet_token": "locked_agent", "currencies": ["USD"],
-                 "ip_allowlist": ["203.0.113.0/24"]},
+                {
+                    "wallet_token": "locked_agent",
+                    "currencies": ["USD"],
+                    "ip_allowlist": ["203.0.113.0/24"],
+                },
             ]
         },
         "midas": {
             "apps": [
-                {"appid": "wx1234567", "offer_id": "12345678", "app_key": MIDAS_APP_KEY,
-                 "sandbox_app_key": MIDAS_SANDBOX_KEY, "access_tokens": [MIDAS_ACCESS_TOKEN]},
+                {
+                    "appid": "wx1234567",
+                    "offer_id": "12345678",
+                    "app_key": MIDAS_APP_KEY,
+                    "sandbox_app_key": MIDAS_SANDBOX_KEY,
+                    "access_tokens": [MIDAS_ACCESS_TOKEN],
+                },
             ]
         },
     }
@@ -78,7 +102,9 @@ def make_context(config: Config) -> GatewayContext:
         idempotency_ttl_s=config.idempotency.ttl_s,
         midas_ttl_s=config.idempotency.midas_ttl_s,
     )
-    return GatewayContext(config=config, ledger=make_ledger(config.redis.url, settings), metrics=Metrics())
+    return GatewayContext(
+        config=config, ledger=make_ledger(config.redis.url, settings), metrics=Metrics()
+    )
 
 
 def make_app(routes: Sequence[BaseRoute]) -> Starlette:

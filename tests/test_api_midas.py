@@ -23,11 +23,11 @@ from gateway_helpers import (
     MIDAS_ACCESS_TOKEN,
     MIDAS_APP_KEY,
     MIDAS_SANDBOX_KEY,
+    config_dict,
     make_app,
     make_config,
     make_context,
 )
-from gateway_helpers import config_dict
 from walletgate.config import parse_config
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.sessions import register_session

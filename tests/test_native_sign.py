@@ -119,6 +119,17 @@ def test_minigame_matches_hashlib(query: bytes, body: bytes, key: bytes) -> None
     assert not native.verify_minigame_sign(query, body, key, flipped)
 
 
+def test_large_inputs_hash_without_the_gil_and_still_match() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: hashed with the GIL released
+    expected = hashlib.md5(MG_QUERY + body + MG_KEY).hexdigest()
+    assert native.minigame_sign(MG_QUERY, body, MG_KEY) == expected
+    assert native.verify_minigame_sign(MG_QUERY, body, MG_KEY, expected.upper())
+    assert not native.verify_minigame_sign(MG_QUERY, body[:-1], MG_KEY, expected)
+    assert (
+        native.hmac_sha256_hex(MG_KEY, body) == hmac.new(MG_KEY, body, hashlib.sha256).hexdigest()
+    )
+
+
 # --- Midas v1 ------------------------------------------------------------------------------------
 
 APP_KEY = "zNLgAGgqsEWJOg1nFVaO5r7fAlIQxr1u"

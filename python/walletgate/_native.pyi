@@ -54,7 +54,11 @@ def parse_json(body: bytes, max_depth: int = 32) -> Any:
     Objects become ``dict``, arrays ``list``, strings ``str``, integers ``int`` (exact, any
     length), ``true``/``false``/``null`` the Python singletons, and other numbers
     :class:`JsonDecimal` (never ``float``). Raises ``ValueError`` on invalid JSON, invalid
-    UTF-8, a duplicate key in any object, trailing data, or nesting deeper than ``max_depth``.
+    UTF-8 (a BOM included), a duplicate key in any object, trailing data, or nesting deeper
+    than ``max_depth`` containers (``0`` allows only a scalar; at most 10000). ``\\u`` escapes
+    are decoded and surrogate pairs joined; a lone surrogate is rejected (as in I-JSON), as are
+    raw control characters in strings, ``NaN``/``Infinity`` and integers longer than
+    ``sys.get_int_max_str_digits()``. The reader is iterative: no input can overflow the stack.
     """
 
 def parse_money(value: str | int | JsonDecimal) -> int:
@@ -62,11 +66,15 @@ def parse_money(value: str | int | JsonDecimal) -> int:
 
     ``str`` is the content of a JSON string, ``int`` a JSON integer, :class:`JsonDecimal` a JSON
     number literal. The text must match ``-?(0|[1-9][0-9]*)(\\.[0-9]{1,4})?`` and lie within
-    [``MIN_UNITS``, ``MAX_UNITS``] units. Raises ``ValueError`` otherwise (``bool`` is rejected).
+    [``MIN_UNITS``, ``MAX_UNITS``] units. Raises ``ValueError`` otherwise: ``bool``, ``float``
+    and every other type are rejected too, and an ``int`` must be within +-922337203685477.
     """
 
 def format_units(units: int) -> str:
-    """Format units as the MINI.GAME decimal string: no trailing zeros (``"4289.1"``, ``"0"``)."""
+    """Format units as the MINI.GAME decimal string: no trailing zeros (``"4289.1"``, ``"0"``,
+    ``"-0.0001"``). Raises ``OverflowError`` outside the int64 range (as do all ``units``
+    arguments below).
+    """
 
 def units_to_cents(units: int) -> int:
     """Units to integer cents, truncating toward zero (``12345`` units -> ``123`` cents)."""
@@ -89,7 +97,11 @@ def minigame_sign(raw_query: bytes, raw_body: bytes, key: bytes) -> str:
 def verify_minigame_sign(
     raw_query: bytes, raw_body: bytes, key: bytes, sign: bytes | str | None
 ) -> bool:
-    """Check a ``sign`` header in constant time; ASCII case is ignored; ``None`` fails."""
+    """Check a ``sign`` header in constant time; ASCII case is ignored; ``None`` fails.
+
+    A ``str`` is compared as UTF-8; one that cannot be encoded fails. Other types raise
+    ``TypeError``.
+    """
 
 def midas_sig(params: Sequence[tuple[str, str]], org_loc: str, app_key: str) -> str:
     """The Midas ``sig``: HMAC-SHA256 (key ``app_key``) over the sorted ``k=v&…`` string of
@@ -105,15 +117,21 @@ def midas_mp_sig(params: Sequence[tuple[str, str]], org_loc: str, session_key: s
 def verify_midas_sig(
     params: Sequence[tuple[str, str]], org_loc: str, app_key: str, sig: bytes | str | None
 ) -> bool:
-    """Check a Midas ``sig`` in constant time (lowercase hex expected; ``None`` fails)."""
+    """Check a Midas ``sig`` in constant time (lowercase hex expected, no case folding;
+    ``None`` fails)."""
 
 def verify_midas_mp_sig(
     params: Sequence[tuple[str, str]], org_loc: str, session_key: str, mp_sig: bytes | str | None
 ) -> bool:
-    """Check a Midas ``mp_sig`` in constant time (``None`` fails)."""
+    """Check a Midas ``mp_sig`` in constant time (lowercase hex expected, no case folding;
+    ``None`` fails)."""
 
 def hmac_sha256_hex(key: bytes, message: bytes) -> str:
     """Lowercase hex HMAC-SHA256, used for the WeChat login-state reference vector."""
 
 def constant_time_eq(a: bytes | str, b: bytes | str) -> bool:
-    """Compare two secrets in constant time (length differences return ``False``)."""
+    """Compare two secrets in constant time (length differences return ``False``).
+
+    A ``str`` is compared as its UTF-8 bytes, so ``"abc"`` equals ``b"abc"``; a ``str`` that
+    cannot be encoded (lone surrogates) equals nothing.
+    """

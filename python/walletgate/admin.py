@@ -4,7 +4,7 @@ stored outcomes. Every call needs ``Authorization: Bearer <[admin].token>`` (con
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ def error(status_code: int, code: str, detail: str) -> Response:
 def admin_routes(
     ctx: GatewayContext,
     admin_client: Any,
-    renderers: dict[str, Renderer],
+    renderers: Mapping[str, Renderer],
     key_to_player: Callable[[str, str], Any],
 ) -> list[BaseRoute]:
     """Build the admin routes. ``renderers`` map a family to its ``render_stored``;
@@ -120,7 +120,9 @@ def admin_routes(
         if kind not in ("adjust", "save") or (kind == "save" and info.family != "midas"):
             return error(400, "invalid_kind", "kind must be adjust, or save for Midas")
         if not isinstance(ref, str) or not 0 < len(ref) <= MAX_REF_CHARS or not ref.isprintable():
-            return error(400, "invalid_ref", f"ref must be a string of 1 to {MAX_REF_CHARS} characters")
+            return error(
+                400, "invalid_ref", f"ref must be a string of 1 to {MAX_REF_CHARS} characters"
+            )
         amount = body.get("amount")
         if not isinstance(amount, str):
             return error(400, "invalid_amount", "amount must be a decimal string")
@@ -134,8 +136,13 @@ def admin_routes(
             return error(400, "invalid_amount", "Midas coins must be whole numbers")
         try:
             result = await adjust(
-                ctx.ledger, tenant=tenant, player=player, currency=currency,
-                amount_units=amount_units, ref=ref, kind=kind,
+                ctx.ledger,
+                tenant=tenant,
+                player=player,
+                currency=currency,
+                amount_units=amount_units,
+                ref=ref,
+                kind=kind,
             )
         except LedgerUnavailable:
             ctx.metrics.inc("redis_errors_total", (("family", "admin"),))
@@ -170,7 +177,9 @@ def admin_routes(
             return error(404, "unknown_account", "no such account")
         units = [int(as_str(v)) if v is not None else 0 for v in values]
         payload: dict[str, Any] = {
-            "tenant": tenant, "player": player, "currency": currency,
+            "tenant": tenant,
+            "player": player,
+            "currency": currency,
             "balance": _native.format_units(units[0]),
         }
         if info.family == "midas":
@@ -192,7 +201,9 @@ def admin_routes(
         currency, session_token = body.get("currency"), body.get("token")
         ttl_s = body.get("ttl_s", DEFAULT_SESSION_TTL_S)
         session_key = body.get("session_key", "")
-        if not all(isinstance(v, str) for v in (tenant, player, currency, session_token, session_key)):
+        if not all(
+            isinstance(v, str) for v in (tenant, player, currency, session_token, session_key)
+        ):
             return error(400, "invalid_body", "tenant, player, currency and token must be strings")
         assert isinstance(tenant, str) and isinstance(player, str) and isinstance(currency, str)
         assert isinstance(session_token, str) and isinstance(session_key, str)
@@ -204,14 +215,23 @@ def admin_routes(
             return error(404, "unknown_currency", "currency is not configured for this tenant")
         if not keys.valid_identifier(player) or not keys.valid_identifier(session_token):
             return error(400, "invalid_body", "player and token must be printable, without : { }")
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 0 < ttl_s <= MAX_SESSION_TTL_S:
+        if (
+            isinstance(ttl_s, bool)
+            or not isinstance(ttl_s, int)
+            or not 0 < ttl_s <= MAX_SESSION_TTL_S
+        ):
             return error(400, "invalid_body", "ttl_s must be a positive integer")
         if (info.family == "midas") != bool(session_key):
             return error(400, "invalid_body", "session_key is required for Midas and only there")
         try:
             expires_at = await register_session(
-                ctx.ledger, tenant=tenant, player=player, currency=configured,
-                token=session_token, ttl_s=ttl_s, session_key=session_key,
+                ctx.ledger,
+                tenant=tenant,
+                player=player,
+                currency=configured,
+                token=session_token,
+                ttl_s=ttl_s,
+                session_key=session_key,
             )
         except LedgerUnavailable:
             return error(503, "unavailable", "redis unavailable")
@@ -246,7 +266,9 @@ def admin_routes(
 
     prefix = "/admin/v1"
     return [
-        Route(prefix + "/accounts/{tenant}/{player}/{currency}/adjust", post_adjust, methods=["POST"]),
+        Route(
+            prefix + "/accounts/{tenant}/{player}/{currency}/adjust", post_adjust, methods=["POST"]
+        ),
         Route(prefix + "/accounts/{tenant}/{player}/{currency}", get_account, methods=["GET"]),
         Route(prefix + "/sessions", post_session, methods=["POST"]),
         Route(prefix + "/transactions/{tenant}/{key:path}", get_transaction, methods=["GET"]),

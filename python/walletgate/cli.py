@@ -21,8 +21,15 @@ def _config_path(arguments: argparse.Namespace) -> str:
     return str(Path(path).resolve())
 
 
-def serve(config_path: str, config: Config, *, host: str | None, port: int | None,
-          workers: int | None, access_log: bool) -> None:
+def serve(
+    config_path: str,
+    config: Config,
+    *,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    access_log: bool,
+) -> None:
     """Run Granian with every option written out (ASGI, uvloop, HTTP/1, backpressure)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
@@ -80,14 +87,24 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(path)
             if arguments.workers is not None and not 1 <= arguments.workers <= 64:
                 raise ConfigError("--workers must be between 1 and 64")
-            serve(path, config, host=arguments.host, port=arguments.port,
-                  workers=arguments.workers, access_log=not arguments.no_access_log)
+            serve(
+                path,
+                config,
+                host=arguments.host,
+                port=arguments.port,
+                workers=arguments.workers,
+                access_log=not arguments.no_access_log,
+            )
             return 0
         if arguments.command == "demo":
             from walletgate.demo import run_demo
 
-            return run_demo(Path(arguments.dir), port=arguments.port, workers=arguments.workers,
-                            redis_url=arguments.redis_url)
+            return run_demo(
+                Path(arguments.dir),
+                port=arguments.port,
+                workers=arguments.workers,
+                redis_url=arguments.redis_url,
+            )
         if arguments.command == "journal":
             from walletgate.journal.commands import rebuild_command, verify_command
 

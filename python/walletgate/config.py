@@ -166,7 +166,9 @@ def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value
 
 
-def _int(section: Mapping[str, Any], name: str, default: int, low: int, high: int, where: str) -> int:
+def _int(
+    section: Mapping[str, Any], name: str, default: int, low: int, high: int, where: str
+) -> int:
     value = section.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}.{name} must be an integer")
@@ -189,7 +191,9 @@ def _bool(section: Mapping[str, Any], name: str, default: bool, where: str) -> b
     return value
 
 
-def _str_list(section: Mapping[str, Any], name: str, where: str, *, allow_empty: bool) -> tuple[str, ...]:
+def _str_list(
+    section: Mapping[str, Any], name: str, where: str, *, allow_empty: bool
+) -> tuple[str, ...]:
     value = section.get(name, [])
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}.{name} must be a list of non-empty strings")
@@ -229,9 +233,12 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         host=_str(server_raw, "host", "server", "0.0.0.0"),
         port=_int(server_raw, "port", 8080, 0, 65535, "server"),
         workers=_int(server_raw, "workers", 1, 1, 64, "server"),
-        max_body_bytes=_int(server_raw, "max_body_bytes", 65_536, 256, MAX_BODY_BYTES_LIMIT, "server"),
+        max_body_bytes=_int(
+            server_raw, "max_body_bytes", 65_536, 256, MAX_BODY_BYTES_LIMIT, "server"
+        ),
         trusted_proxies=_networks(
-            _str_list(server_raw, "trusted_proxies", "server", allow_empty=True), "server.trusted_proxies"
+            _str_list(server_raw, "trusted_proxies", "server", allow_empty=True),
+            "server.trusted_proxies",
         ),
         backlog=_int(server_raw, "backlog", 1024, 16, 65535, "server"),
         backpressure=_int(server_raw, "backpressure", 256, 1, 100_000, "server"),
@@ -264,8 +271,22 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         _check_writable(journal.dir)
     idem_raw = _table(raw, "idempotency")
     idempotency = IdempotencyConfig(
-        ttl_s=_int(idem_raw, "ttl_s", IDEMPOTENCY_TTL_MIN_S, IDEMPOTENCY_TTL_MIN_S, 10 * 365 * 86400, "idempotency"),
-        midas_ttl_s=_int(idem_raw, "midas_ttl_s", MIDAS_TTL_MIN_S, MIDAS_TTL_MIN_S, 10 * 365 * 86400, "idempotency"),
+        ttl_s=_int(
+            idem_raw,
+            "ttl_s",
+            IDEMPOTENCY_TTL_MIN_S,
+            IDEMPOTENCY_TTL_MIN_S,
+            10 * 365 * 86400,
+            "idempotency",
+        ),
+        midas_ttl_s=_int(
+            idem_raw,
+            "midas_ttl_s",
+            MIDAS_TTL_MIN_S,
+            MIDAS_TTL_MIN_S,
+            10 * 365 * 86400,
+            "idempotency",
+        ),
     )
     admin_raw = _table(raw, "admin")
     token = admin_raw.get("token", "")
@@ -294,7 +315,8 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         default, currencies = _currencies(entry, where)
         types = entry.get("enabled_types", [])
         if not isinstance(types, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) and t in MINIGAME_OPTIONAL_TYPES for t in types
+            isinstance(t, int) and not isinstance(t, bool) and t in MINIGAME_OPTIONAL_TYPES
+            for t in types
         ):
             raise ConfigError(f"{where}.enabled_types must be a subset of [5, 6, 7]")
         prefix = entry.get("prefix", "both")
@@ -315,7 +337,10 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         claim(appid, where)
         default, currencies = _currencies(entry, where)
         transfer_merchants[appid] = TransferMerchant(
-            appid=appid, key=_str(entry, "key", where), default_currency=default, currencies=currencies
+            appid=appid,
+            key=_str(entry, "key", where),
+            default_currency=default,
+            currencies=currencies,
         )
     agents: dict[str, WalletV2Agent] = {}
     for index, entry in enumerate(_entries(raw, "wallet_v2", "agents")):
@@ -362,7 +387,9 @@ def _check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"journal.dir {str(directory)!r} cannot be created: {error.strerror}") from None
+        raise ConfigError(
+            f"journal.dir {str(directory)!r} cannot be created: {error.strerror}"
+        ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ConfigError(f"journal.dir {str(directory)!r} is not writable")
 

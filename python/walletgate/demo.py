@@ -32,7 +32,9 @@ def _write_config(directory: Path, port: int, redis_url: str) -> Path:
     path = directory / "walletgate.toml"
     if path.exists():
         return path
-    keys = {name: secrets.token_hex(16) for name in ("minigame", "luck", "transfer", "midas", "sandbox")}
+    keys = {
+        name: secrets.token_hex(16) for name in ("minigame", "luck", "transfer", "midas", "sandbox")
+    }
     text = f"""# walletgate demo config, written by `walletgate demo`. Secrets here are demo-only.
 [server]
 host = "127.0.0.1"
@@ -44,7 +46,7 @@ max_body_bytes = 65536
 url = "{redis_url}"
 
 [journal]
-dir = "{(directory / 'journal').resolve()}"
+dir = "{(directory / "journal").resolve()}"
 flush_interval_ms = 200
 
 [admin]
@@ -52,7 +54,7 @@ token = "{secrets.token_hex(24)}"
 
 [[minigame.merchants]]
 app_id = "10013"
-key = "{keys['minigame']}"
+key = "{keys["minigame"]}"
 default_currency = "usdt"
 currencies = ["usdt", "usd"]
 enabled_types = [5, 6, 7]
@@ -60,7 +62,7 @@ prefix = "both"
 
 [[transfer.merchants]]
 appid = "1005"
-key = "{keys['transfer']}"
+key = "{keys["transfer"]}"
 default_currency = "usdt"
 currencies = ["usdt"]
 
@@ -72,8 +74,8 @@ ip_allowlist = []
 [[midas.apps]]
 appid = "wx1234567"
 offer_id = "12345678"
-app_key = "{keys['midas']}"
-sandbox_app_key = "{keys['sandbox']}"
+app_key = "{keys["midas"]}"
+sandbox_app_key = "{keys["sandbox"]}"
 access_tokens = ["demo-access-token"]
 """
     path.write_text(text, encoding="utf-8")
@@ -99,9 +101,23 @@ def _start_redis(directory: Path) -> subprocess.Popen[bytes] | None:
     data = directory / "redis"
     data.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [binary, "--port", str(DEMO_REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(DEMO_REDIS_PORT),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     while not _port_open(DEMO_REDIS_PORT):
@@ -124,27 +140,62 @@ async def _seed(config: Config) -> None:
         amount_units = _native.parse_money(DEMO_FUNDING)
         for tenant in config.minigame_merchants.values():
             for player in DEMO_PLAYERS:
-                await register_session(ledger, tenant=tenant.app_id, player=player,
-                                       currency=tenant.default_currency, token=f"{player}-session",
-                                       ttl_s=604_800)
-                await adjust(ledger, tenant=tenant.app_id, player=player,
-                             currency=tenant.default_currency, amount_units=amount_units,
-                             ref=f"demo-funding-{player}", kind="adjust")
+                await register_session(
+                    ledger,
+                    tenant=tenant.app_id,
+                    player=player,
+                    currency=tenant.default_currency,
+                    token=f"{player}-session",
+                    ttl_s=604_800,
+                )
+                await adjust(
+                    ledger,
+                    tenant=tenant.app_id,
+                    player=player,
+                    currency=tenant.default_currency,
+                    amount_units=amount_units,
+                    ref=f"demo-funding-{player}",
+                    kind="adjust",
+                )
         for agent in config.wallet_v2_agents.values():
             for player in DEMO_PLAYERS:
-                await register_session(ledger, tenant=agent.wallet_token, player=player,
-                                       currency=agent.currencies[0], token=f"{player}-code",
-                                       ttl_s=604_800)
-                await adjust(ledger, tenant=agent.wallet_token, player=player,
-                             currency=agent.currencies[0], amount_units=amount_units,
-                             ref=f"demo-funding-{player}", kind="adjust")
+                await register_session(
+                    ledger,
+                    tenant=agent.wallet_token,
+                    player=player,
+                    currency=agent.currencies[0],
+                    token=f"{player}-code",
+                    ttl_s=604_800,
+                )
+                await adjust(
+                    ledger,
+                    tenant=agent.wallet_token,
+                    player=player,
+                    currency=agent.currencies[0],
+                    amount_units=amount_units,
+                    ref=f"demo-funding-{player}",
+                    kind="adjust",
+                )
         for app in config.midas_apps.values():
             for player in DEMO_PLAYERS:
-                await register_session(ledger, tenant=app.appid, player=player, currency="1",
-                                       token=f"{player}-midas", ttl_s=604_800,
-                                       session_key=f"{player}-session-key")
-                await adjust(ledger, tenant=app.appid, player=player, currency="1",
-                             amount_units=amount_units, ref=f"demo-save-{player}", kind="save")
+                await register_session(
+                    ledger,
+                    tenant=app.appid,
+                    player=player,
+                    currency="1",
+                    token=f"{player}-midas",
+                    ttl_s=604_800,
+                    session_key=f"{player}-session-key",
+                )
+                await adjust(
+                    ledger,
+                    tenant=app.appid,
+                    player=player,
+                    currency="1",
+                    amount_units=amount_units,
+                    ref=f"demo-save-{player}",
+                    kind="save",
+                )
     finally:
         await ledger.runner.close()
 
@@ -154,44 +205,76 @@ def example_requests(config: Config, port: int) -> list[str]:
     lines: list[str] = []
     merchant = next(iter(config.minigame_merchants.values()))
     query = "trace_id=demo-trace-1"
-    body = orjson.dumps({
-        "app_id": merchant.app_id, "uname": DEMO_PLAYERS[0], "currency": merchant.default_currency,
-        "money": "-3", "bet": "3", "type": 1, "order_id": f"demo-{secrets.token_hex(6)}",
-        "session_id": "demo-round-1", "timestamp": int(time.time()), "end_round": False,
-    })
+    body = orjson.dumps(
+        {
+            "app_id": merchant.app_id,
+            "uname": DEMO_PLAYERS[0],
+            "currency": merchant.default_currency,
+            "money": "-3",
+            "bet": "3",
+            "type": 1,
+            "order_id": f"demo-{secrets.token_hex(6)}",
+            "session_id": "demo-round-1",
+            "timestamp": int(time.time()),
+            "end_round": False,
+        }
+    )
     sign = _native.minigame_sign(query.encode(), body, merchant.key.encode())
     lines.append("# MINI.GAME seamless change_balance (a bet of 3 usdt):")
-    lines.append(f"curl -s -X POST '{base}/api/balance/change_balance?{query}' "
-                 f"-H 'content-type: application/json' -H 'sign: {sign}' --data-raw {shlex.quote(body.decode())}")
+    lines.append(
+        f"curl -s -X POST '{base}/api/balance/change_balance?{query}' "
+        f"-H 'content-type: application/json' -H 'sign: {sign}' "
+        f"--data-raw {shlex.quote(body.decode())}"
+    )
     transfer = next(iter(config.transfer_merchants.values()), None)
     if transfer is not None:
-        body = orjson.dumps({"appid": transfer.appid, "timestamp": int(time.time()),
-                             "uname": DEMO_PLAYERS[0], "nickname": "demo"})
+        body = orjson.dumps(
+            {
+                "appid": transfer.appid,
+                "timestamp": int(time.time()),
+                "uname": DEMO_PLAYERS[0],
+                "nickname": "demo",
+            }
+        )
         sign = _native.minigame_sign(query.encode(), body, transfer.key.encode())
         lines.append("# MINI.GAME transfer authorize:")
-        lines.append(f"curl -s -X POST '{base}/api/player/v1/authorize?{query}' "
-                     f"-H 'sign: {sign}' --data-raw {shlex.quote(body.decode())}")
+        lines.append(
+            f"curl -s -X POST '{base}/api/player/v1/authorize?{query}' "
+            f"-H 'sign: {sign}' --data-raw {shlex.quote(body.decode())}"
+        )
     agent = next(iter(config.wallet_v2_agents.values()), None)
     if agent is not None:
         body = orjson.dumps({"type": "credit", "code": f"{DEMO_PLAYERS[0]}-code"})
         lines.append("# Wallet API v.2 credit:")
-        lines.append(f"curl -s -X POST '{base}/wallet/v2/{agent.wallet_token}' "
-                     f"--data-raw {shlex.quote(body.decode())}")
+        lines.append(
+            f"curl -s -X POST '{base}/wallet/v2/{agent.wallet_token}' "
+            f"--data-raw {shlex.quote(body.decode())}"
+        )
     app = next(iter(config.midas_apps.values()), None)
     if app is not None:
         path = "/cgi-bin/midas/getbalance"
-        params = {"openid": DEMO_PLAYERS[0], "appid": app.appid, "offer_id": app.offer_id,
-                  "ts": int(time.time()), "zone_id": "1", "pf": "android"}
+        params = {
+            "openid": DEMO_PLAYERS[0],
+            "appid": app.appid,
+            "offer_id": app.offer_id,
+            "ts": int(time.time()),
+            "zone_id": "1",
+            "pf": "android",
+        }
         pairs = [(k, str(v)) for k, v in params.items()]
         sig = _native.midas_sig(pairs, path, app.app_key)
         access_token = app.access_tokens[0]
         mp_sig = _native.midas_mp_sig(
-            [*pairs, ("access_token", access_token), ("sig", sig)], path, f"{DEMO_PLAYERS[0]}-session-key"
+            [*pairs, ("access_token", access_token), ("sig", sig)],
+            path,
+            f"{DEMO_PLAYERS[0]}-session-key",
         )
         body = orjson.dumps({**params, "sig": sig, "mp_sig": mp_sig})
         lines.append("# WeChat Midas getbalance:")
-        lines.append(f"curl -s -X POST '{base}{path}?access_token={access_token}' "
-                     f"--data-raw {shlex.quote(body.decode())}")
+        lines.append(
+            f"curl -s -X POST '{base}{path}?access_token={access_token}' "
+            f"--data-raw {shlex.quote(body.decode())}"
+        )
     return lines
 
 
@@ -211,5 +294,7 @@ def run_demo(directory: Path, *, port: int, workers: int, redis_url: str | None)
         print(line)
     print(f"\nadmin token: see [admin] token in {config_path}\n", flush=True)
     sys.stdout.flush()
-    serve(str(config_path.resolve()), config, host=None, port=port, workers=workers, access_log=True)
+    serve(
+        str(config_path.resolve()), config, host=None, port=port, workers=workers, access_log=True
+    )
     return 0

@@ -27,7 +27,9 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {}
         try:
-            await asyncio.wait_for(ctx.ledger.runner.run(load_script("ping"), [], []), READY_PROBE_TIMEOUT_S)
+            await asyncio.wait_for(
+                ctx.ledger.runner.run(load_script("ping"), [], []), READY_PROBE_TIMEOUT_S
+            )
             checks["redis"] = "ok"
         except (LedgerUnavailable, LedgerScriptError, TimeoutError):
             checks["redis"] = "unavailable"

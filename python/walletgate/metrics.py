@@ -31,7 +31,10 @@ HELP: dict[str, tuple[str, str]] = {
     "signature_failures_total": ("counter", "Requests with a missing or wrong signature."),
     "clock_skew_seconds": ("gauge", "Last observed request timestamp minus server time."),
     "minigame_award_anomalies_total": ("counter", "Award checks that failed (money credited)."),
-    "minigame_type_replays_total": ("counter", "Replays that differed only in type and closed a round."),
+    "minigame_type_replays_total": (
+        "counter",
+        "Replays that differed only in type and closed a round.",
+    ),
     "journal_pending_records": ("gauge", "Journal records in Redis not yet on disk."),
     "journal_oldest_pending_seconds": ("gauge", "Age of the oldest pending journal record."),
     "journal_flush_seconds": ("gauge", "Duration of the last journal flush."),
@@ -75,9 +78,11 @@ class Metrics:
 
     def snapshot(self) -> dict[str, list[list[object]]]:
         return {
-            "counters": [[n, list(map(list, l)), v] for (n, l), v in self.counters.items()],
-            "gauges": [[n, list(map(list, l)), v] for (n, l), v in self.gauges.items()],
-            "histograms": [[n, list(map(list, l)), v] for (n, l), v in self.histograms.items()],
+            "counters": [[n, _pairs(labels), v] for (n, labels), v in self.counters.items()],
+            "gauges": [[n, _pairs(labels), v] for (n, labels), v in self.gauges.items()],
+            "histograms": [
+                [n, _pairs(labels), list(row)] for (n, labels), row in self.histograms.items()
+            ],
         }
 
     def publish(self) -> None:
@@ -116,7 +121,10 @@ def _labels_text(labels: Labels, extra: tuple[str, str] | None = None) -> str:
     items = list(labels) + ([extra] if extra else [])
     if not items:
         return ""
-    escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in items)
+    escaped = (
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in items
+    )
     return "{" + ",".join(escaped) + "}"
 
 
@@ -151,7 +159,9 @@ def render_snapshots(snapshots: Iterable[dict[str, list[list[object]]]]) -> str:
             le = _labels_text(labels, ("le", repr(bound)))
             by_name[name].append(f"{PREFIX}{name}_bucket{le} {_number(cumulative)}")
         total = row[-1]
-        by_name[name].append(f"{PREFIX}{name}_bucket{_labels_text(labels, ('le', '+Inf'))} {_number(total)}")
+        by_name[name].append(
+            f"{PREFIX}{name}_bucket{_labels_text(labels, ('le', '+Inf'))} {_number(total)}"
+        )
         by_name[name].append(f"{PREFIX}{name}_sum{_labels_text(labels)} {row[-2]!r}")
         by_name[name].append(f"{PREFIX}{name}_count{_labels_text(labels)} {_number(total)}")
     for name in sorted(HELP):
@@ -160,6 +170,10 @@ def render_snapshots(snapshots: Iterable[dict[str, list[list[object]]]]) -> str:
         lines.append(f"# TYPE {PREFIX}{name} {kind}")
         lines.extend(by_name.get(name, []))
     return "\n".join(lines) + "\n"
+
+
+def _pairs(labels: Labels) -> list[list[str]]:
+    return [list(pair) for pair in labels]
 
 
 def _labels(raw: object) -> Labels:

@@ -30,7 +30,9 @@ def load_script(name: str) -> Script:
     """The script ``lua/<name>.lua`` with the prelude prepended (cached for the process)."""
     assert not name.startswith("_"), "the prelude is not a script of its own"
     source = (_read(PRELUDE_NAME) + "\n" + _read(name)).encode("utf-8")
-    return Script(name=name, source=source, sha=hashlib.sha1(source, usedforsecurity=False).hexdigest())
+    return Script(
+        name=name, source=source, sha=hashlib.sha1(source, usedforsecurity=False).hexdigest()
+    )
 
 
 def all_script_names() -> list[str]:

@@ -70,7 +70,9 @@ async def touch_player(
 
 async def lookup_session(ledger: Ledger, *, tenant: str, token: str) -> SessionInfo | None:
     """The session behind ``token``, expired or not, or ``None`` when unknown."""
-    reply = await ledger.runner.run(load_script("session_get"), [keys.session_key(tenant, token)], [])
+    reply = await ledger.runner.run(
+        load_script("session_get"), [keys.session_key(tenant, token)], []
+    )
     if not reply:
         return None
     return SessionInfo(
