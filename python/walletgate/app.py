@@ -21,9 +21,9 @@ from starlette.routing import BaseRoute
 from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
 from walletgate.health import health_routes
-from walletgate.journal.writer import JournalWriter
+from walletgate.journal.writer import JournalWriter, WriterSettings, keymap_key
 from walletgate.ledger.connect import make_admin_client, make_runner
-from walletgate.ledger.core import Ledger, LedgerSettings
+from walletgate.ledger.core import Ledger, LedgerSettings, as_str
 from walletgate.logs import AccessLog, configure_logging
 from walletgate.metrics import Metrics
 from walletgate.middleware import AccessMiddleware
@@ -64,12 +64,14 @@ def create_app(
     ledger = Ledger(runner, ledger_settings(config))
     context = GatewayContext(config=config, ledger=ledger, metrics=metrics)
     writer_enabled = config.journal.enabled if run_journal_writer is None else run_journal_writer
-    writer = JournalWriter(config, admin_client, metrics) if writer_enabled else None
+    writer = (
+        JournalWriter(admin_client, WriterSettings.from_config(config)) if writer_enabled else None
+    )
 
     async def key_to_player(tenant: str, key: str) -> str | None:
-        if writer is None:
-            return None
-        return await writer.player_for_key(tenant, key)
+        """The journal writer's key-to-player map: a key is there once its record is on disk."""
+        player = await admin_client.get(keymap_key(tenant, key))
+        return as_str(player) if player is not None else None
 
     renderers = {
         "minigame": minigame.render_stored,

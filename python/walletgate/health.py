@@ -36,8 +36,8 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
         if journal_status is not None:
             status = journal_status()
             checks["journal_writer"] = "ok" if status.alive else "down"
-            checks["journal_lag_s"] = round(status.oldest_pending_s, 3)
-            if status.oldest_pending_s > max_lag_s:
+            checks["journal_lag_s"] = round(status.oldest_pending_age_s, 3)
+            if status.oldest_pending_age_s > max_lag_s:
                 checks["journal_writer"] = "lagging"
         else:
             checks["journal_writer"] = "disabled"
@@ -48,8 +48,11 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
         if journal_status is not None:
             status = journal_status()
             ctx.metrics.set_gauge("journal_pending_records", (), status.pending_records)
-            ctx.metrics.set_gauge("journal_oldest_pending_seconds", (), status.oldest_pending_s)
+            ctx.metrics.set_gauge("journal_oldest_pending_seconds", (), status.oldest_pending_age_s)
             ctx.metrics.set_gauge("journal_flush_seconds", (), status.last_flush_s)
+            for family, count in status.cross_player_total.items():
+                labels = (("family", family),)
+                ctx.metrics.counters[("idempotency_cross_player_total", labels)] = count
         # Rendering reads the other workers' small snapshot files; it runs on the loop thread so
         # that this worker's own counters are not read while handlers change them.
         body = ctx.metrics.render()

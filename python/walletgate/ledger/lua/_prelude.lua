@@ -16,7 +16,9 @@
 -- lets `walletgate journal rebuild` restore any script's state without knowing the script.
 
 local WG_FX = {}
-local WG_PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 4) -- "wg:{T:P}:" (KEYS[1] ends in "acct")
+-- "wg:{T:P}:" (KEYS[1] ends in "acct"); empty for the few scripts that take no keys.
+local WG_PREFIX = ''
+if KEYS[1] then WG_PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 4) end
 
 -- The part of a key after "wg:{T:P}:", which the journal stores so rebuild can re-derive it.
 local function wg_suffix(key)
