@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest_plugins = ["cluster"]
 
 REDIS_START_TIMEOUT_S = 10.0
 

@@ -22,12 +22,13 @@ its callers get :class:`LedgerUnavailable` and the next command reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 import hiredis
 
@@ -46,6 +47,11 @@ MAX_REPLY_BUFFER_BYTES: Final = 64 * 1024 * 1024
 # behind a connect that is known to fail, which is what "Redis down" must look like upstream.
 RECONNECT_BACKOFF_MIN_S: Final = 0.05
 RECONNECT_BACKOFF_MAX_S: Final = 1.0
+
+# Callers that may wait for a free in-flight slot, per slot, unless the runner is given
+# max_waiters: enough to ride out a burst, and a bound so that a stalled Redis cannot pile up
+# coroutines without limit even within queue_wait_ms.
+WAITERS_PER_IN_FLIGHT: Final = 4
 
 # Error codes (the first word of a Redis error) that mean the server did not run the command
 # for a reason of its own state, not because of the script: the caller sees "unavailable",
@@ -69,11 +75,14 @@ UNAVAILABLE_ERROR_CODES: Final = frozenset(
     }
 )
 
+T = TypeVar("T")
+
 ReplyError: Final = hiredis.ReplyError
 
 _EVALSHA: Final = b"EVALSHA"
 _EVAL: Final = b"EVAL"
-_pack_command: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
+# hiredis's stub types the argument as a one-element tuple; any tuple of arguments is accepted.
+pack_command: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +188,6 @@ class InFlightLimiter:
         self.in_flight = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
 
-    def try_acquire(self) -> bool:
-        if self.in_flight < self.limit and not self.waiters:
-            self.in_flight += 1
-            return True
-        return False
-
     async def acquire(self) -> None:
         """Take a slot, waiting at most ``queue_wait_s``; raises :class:`LedgerUnavailable`."""
         if self.in_flight < self.limit and not self.waiters:
@@ -221,10 +224,8 @@ class InFlightLimiter:
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         # O(waiters), bounded by max_waiters, and only on the saturated path.
-        try:
+        with contextlib.suppress(ValueError):
             self.waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def release(self) -> None:
         waiters = self.waiters
@@ -264,8 +265,8 @@ class _Wire(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check here.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -301,10 +302,15 @@ class _Wire(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """Queue one packed command for this tick's batch; the future gets the raw reply.
 
-        The caller checks ``broken`` first. Commands sent back to back without an ``await`` in
-        between are written contiguously, which is how ASKING + command stay together.
+        Callers check ``broken`` first, but a wire can break between that check and a send
+        that follows an ``await``; such a send fails at once instead of waiting for nothing.
+        Commands sent back to back without an ``await`` in between are written contiguously,
+        which is how ASKING + command stay together.
         """
         future: asyncio.Future[Any] = self.loop.create_future()
+        if self.broken:
+            future.set_exception(LedgerUnavailable("connection to Redis lost"))
+            return future
         self._pending.append(future)
         self._out.append(packed)
         if not self._flush_scheduled:
@@ -318,14 +324,21 @@ class _Wire(asyncio.Protocol):
         if self.broken or not out:
             return
         transport = self._transport
-        assert transport is not None
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if transport is None:
+            self.fail("Redis connection is not open")
+            return
         self._written += len(out)
-        out.clear()
         deadline = self.loop.time() + self._command_timeout_s
         self._marks.append((self._written, deadline))
         if self._watchdog is None:
             self._watchdog = self.loop.call_at(deadline, self._check_deadlines)
+        try:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        except (OSError, RuntimeError) as error:
+            # A transport closing under us; its callers must not wait for the timeout.
+            self.fail(f"writing to Redis failed: {error}")
+            return
+        out.clear()
 
     def _check_deadlines(self) -> None:
         self._watchdog = None
@@ -412,10 +425,9 @@ class FastConnection:
                     f"Redis at {self.address.endpoint} is unreachable (reconnect backoff)"
                 )
             task = loop.create_task(self._open(loop))
-            task.add_done_callback(_consume_result)
+            task.add_done_callback(consume_outcome)
             self._connecting = task
-        # shield: a cancelled caller must not cancel the attempt the others are waiting on.
-        return await asyncio.shield(task)
+        return await join_shared(task)
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Wire:
         wire = _Wire(loop, self._command_timeout_s)
@@ -430,8 +442,10 @@ class FastConnection:
                         lambda: wire, address.host, address.port, ssl=context
                     )
                 await self._handshake(wire)
-        except (OSError, TimeoutError, LedgerUnavailable) as error:
+        except BaseException as error:
             wire.fail("connect failed")
+            if not isinstance(error, OSError | TimeoutError | LedgerUnavailable):
+                raise  # Cancelled by close(): no backoff, the client is going away.
             self._backoff_s = min(
                 max(self._backoff_s * 2, RECONNECT_BACKOFF_MIN_S), RECONNECT_BACKOFF_MAX_S
             )
@@ -458,19 +472,19 @@ class FastConnection:
                 if address.username
                 else ("AUTH", address.password)
             )
-            reply = await wire.send(_pack_command(auth))
+            reply = await wire.send(pack_command(auth))
             if isinstance(reply, ReplyError):
                 # The reply text is Redis's, which never echoes the password.
                 raise LedgerUnavailable(f"Redis AUTH failed: {reply}")
         if self._select_db and address.db != 0:
-            reply = await wire.send(_pack_command(("SELECT", address.db)))
+            reply = await wire.send(pack_command(("SELECT", address.db)))
             if isinstance(reply, ReplyError):
                 raise LedgerUnavailable(f"Redis SELECT {address.db} failed: {reply}")
 
     async def command(self, *args: ScriptArg) -> Any:
         """Send one command and return its raw reply (error replies are returned, not raised)."""
         wire = await self.ready_wire()
-        return await wire.send(_pack_command(args))
+        return await wire.send(pack_command(args))
 
     async def close(self) -> None:
         self._closed = True
@@ -484,33 +498,30 @@ class FastConnection:
             await wire.wait_closed(self._connect_timeout_s)
 
 
-def _consume_result(task: asyncio.Task[_Wire]) -> None:
-    # A connect attempt whose waiters were all cancelled still fails loudly otherwise
-    # ("exception was never retrieved"); its failure is reported to the waiters that remain.
-    if not task.cancelled():
-        task.exception()
+async def join_shared(task: asyncio.Task[T]) -> T:
+    """Await a task that several callers share, without letting one of them cancel it.
 
-
-async def run_script_on(
-    connection: FastConnection,
-    script: Script,
-    keys: Sequence[str],
-    args: Sequence[ScriptArg],
-) -> Any:
-    """EVALSHA on one connection, EVAL once on NOSCRIPT; returns the reply or its error object.
-
-    Error replies other than NOSCRIPT are returned, not raised, so the cluster runner can act
-    on MOVED and ASK; :func:`script_failure` turns the rest into ledger errors.
+    When the shared task itself is cancelled (the client is closing), a caller that was not
+    cancelled gets :class:`LedgerUnavailable` like any other failure, not a CancelledError it
+    would take for its own.
     """
-    wire = connection.wire
-    if wire is None or wire.broken:
-        wire = await connection.ready_wire()
-    reply = await wire.send(_pack_command((_EVALSHA, script.sha, len(keys), *keys, *args)))
-    if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
-        # A restarted or failed-over Redis lost its script cache; EVAL also caches it again.
-        wire = await connection.ready_wire()
-        reply = await wire.send(_pack_command((_EVAL, script.source, len(keys), *keys, *args)))
-    return reply
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if task.cancelled() and (current is None or current.cancelling() == 0):
+            raise LedgerUnavailable("the Redis client is closed") from None
+        raise
+
+
+def consume_outcome(future: asyncio.Future[Any]) -> None:
+    """A done-callback that retrieves a future's exception, which nobody else may await.
+
+    Without it, a connect attempt whose waiters were all cancelled, or the reply of an ASKING
+    on a connection that broke, is logged as "exception was never retrieved".
+    """
+    if not future.cancelled():
+        future.exception()
 
 
 class FastRedisRunner:
@@ -538,7 +549,7 @@ class FastRedisRunner:
         self._limiter = InFlightLimiter(
             max_in_flight,
             queue_wait_ms / 1000,
-            max_in_flight if max_waiters is None else max_waiters,
+            WAITERS_PER_IN_FLIGHT * max_in_flight if max_waiters is None else max_waiters,
         )
         self._connections = [
             FastConnection(
@@ -589,14 +600,12 @@ class FastRedisRunner:
             wire = connection.wire
             if wire is None or wire.broken:
                 wire = await connection.ready_wire()
-            reply = await wire.send(
-                _pack_command((_EVALSHA, script.sha, len(keys), *keys, *args))
-            )
+            reply = await wire.send(pack_command((_EVALSHA, script.sha, len(keys), *keys, *args)))
             if isinstance(reply, ReplyError):
                 if str(reply).startswith("NOSCRIPT"):
                     wire = await connection.ready_wire()
                     reply = await wire.send(
-                        _pack_command((_EVAL, script.source, len(keys), *keys, *args))
+                        pack_command((_EVAL, script.source, len(keys), *keys, *args))
                     )
                     if not isinstance(reply, ReplyError):
                         return reply

@@ -1,0 +1,62 @@
+"""Builders for the two Redis clients of the gateway, from ``[redis]`` of the config.
+
+* :func:`make_runner`: the hot path, every money operation (one script call each), on the
+  pipelined client of :mod:`walletgate.ledger.fastredis` or its cluster router.
+* :func:`make_admin_client`: redis-py's asyncio client, for the admin API and tooling, whose
+  calls are rare and varied (scans, journal reads) and need no special speed.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import redis.asyncio
+
+from walletgate.config import RedisConfig
+from walletgate.ledger.cluster_runner import ClusterRunner
+from walletgate.ledger.fastredis import FastRedisRunner
+from walletgate.ledger.runner import ScriptRunner
+
+# Connections the admin client may open (per node on a cluster). Admin and tooling traffic is
+# light; a small bound keeps it from competing with the hot path for Redis's file descriptors.
+ADMIN_MAX_CONNECTIONS: Final = 16
+
+AdminClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
+def make_runner(config: RedisConfig) -> ScriptRunner:
+    """The hot-path script runner: the cluster router or the standalone pipelined client."""
+    if config.cluster:
+        return ClusterRunner.from_config(config)
+    return FastRedisRunner.from_config(config)
+
+
+def make_admin_client(
+    config: RedisConfig, *, max_connections: int = ADMIN_MAX_CONNECTIONS
+) -> AdminClient:
+    """A redis-py asyncio client with explicit timeouts and a bounded number of connections.
+
+    Standalone, a blocking pool makes a caller wait (at most ``queue_wait_ms``) for a free
+    connection instead of failing at once or opening more. The caller closes the client with
+    ``await client.aclose()``.
+    """
+    connect_timeout_s = config.connect_timeout_ms / 1000
+    command_timeout_s = config.command_timeout_ms / 1000
+    if config.cluster:
+        return redis.asyncio.RedisCluster.from_url(
+            config.url,
+            max_connections=max_connections,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=command_timeout_s,
+            require_full_coverage=True,
+            decode_responses=False,
+        )
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        config.url,
+        max_connections=max_connections,
+        timeout=config.queue_wait_ms / 1000,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=command_timeout_s,
+        decode_responses=False,
+    )
+    return redis.asyncio.Redis.from_pool(pool)

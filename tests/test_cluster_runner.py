@@ -1,0 +1,292 @@
+"""The cluster runner against a real 3-primary Redis Cluster (fixture ``redis_cluster``)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from redis.crc import key_slot
+
+from cluster import RedisCluster
+from walletgate.config import RedisConfig
+from walletgate.ledger import keys
+from walletgate.ledger.admin import adjust
+from walletgate.ledger.cluster_runner import ClusterRunner
+from walletgate.ledger.connect import make_admin_client, make_runner
+from walletgate.ledger.core import Ledger, LedgerSettings
+from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
+from walletgate.ledger.scripts import Script
+
+CLUSTER_SETTINGS = LedgerSettings(
+    journal_buckets=16384, cluster=True, idempotency_ttl_s=604_800, midas_ttl_s=172_800
+)
+
+
+def make_script(name: str, source: str) -> Script:
+    encoded = source.encode()
+    return Script(name=name, source=encoded, sha=hashlib.sha1(encoded).hexdigest())
+
+
+SET_ONE = make_script("set_one", "redis.call('SET', KEYS[1], ARGV[1]) return 'stored'")
+GET_ONE = make_script("get_one", "return redis.call('GET', KEYS[1])")
+FAILING = make_script("failing", "return redis.error_reply('WGTEST broken')")
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+
+
+def cluster_runner(cluster: RedisCluster) -> ClusterRunner:
+    runner = make_runner(RedisConfig(url=cluster.url, cluster=True))
+    assert isinstance(runner, ClusterRunner)
+    return runner
+
+
+def key_in_slot_owned_by(cluster: RedisCluster, port: int, prefix: str) -> tuple[str, int]:
+    """A key name (with its own hash tag) whose slot the primary at ``port`` owns."""
+    for index in range(100_000):
+        key = f"{prefix}:{{{index}}}"
+        slot = key_slot(key.encode())
+        if cluster.owner_port(slot) == port:
+            return key, slot
+    raise LookupError("no such key")
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    redis_cluster.flushall()
+    return redis_cluster
+
+
+@pytest.mark.cluster
+def test_admin_adjust_for_players_on_every_primary(cluster: RedisCluster) -> None:
+    players = [f"p{i}" for i in range(300)]
+    owners = {cluster.owner_port(keys.slot_of("t1", player)) for player in players}
+    assert owners == set(cluster.ports), "the players must be spread over all primaries"
+
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        ledger = Ledger(runner, CLUSTER_SETTINGS)
+        results = await asyncio.gather(
+            *(
+                adjust(
+                    ledger,
+                    tenant="t1",
+                    player=player,
+                    currency="usd",
+                    amount_units=1000 + i,
+                    ref=f"r-{player}",
+                    kind="adjust",
+                )
+                for i, player in enumerate(players)
+            )
+        )
+        assert [(r.outcome, r.balance_units) for r in results] == [
+            ("applied", 1000 + i) for i in range(len(players))
+        ]
+        replays = await asyncio.gather(
+            *(
+                adjust(
+                    ledger,
+                    tenant="t1",
+                    player=player,
+                    currency="usd",
+                    amount_units=1000 + i,
+                    ref=f"r-{player}",
+                    kind="adjust",
+                )
+                for i, player in enumerate(players)
+            )
+        )
+        assert [(r.outcome, r.balance_units) for r in replays] == [
+            ("replay", 1000 + i) for i in range(len(players))
+        ]
+        debits = await asyncio.gather(
+            *(
+                adjust(
+                    ledger,
+                    tenant="t1",
+                    player=player,
+                    currency="usd",
+                    amount_units=-1000,
+                    ref=f"d-{player}",
+                    kind="adjust",
+                )
+                for player in players
+            )
+        )
+        assert [r.balance_units for r in debits] == list(range(len(players)))
+        assert set(runner.nodes) == set(cluster.endpoints)
+        assert runner.in_flight == 0
+        await runner.close()
+
+        admin = make_admin_client(RedisConfig(url=cluster.url, cluster=True))
+        for i, player in enumerate(players[:20]):
+            assert await admin.hget(keys.account_key("t1", player), "bal:usd") == str(i).encode()
+            stream = ledger.journal_stream("t1", player)
+            assert await admin.xlen(stream) >= 2
+        await admin.aclose()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_a_wrong_slot_map_is_corrected_by_moved(cluster: RedisCluster) -> None:
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        await runner.start()
+        key, slot = key_in_slot_owned_by(cluster, cluster.ports[0], "moved")
+        right = runner.slots[slot]
+        assert right is not None and right.address.port == cluster.ports[0]
+        wrong = runner.nodes[cluster.endpoints[1]]
+        runner.slots[slot] = wrong
+        assert await runner.run(SET_ONE, [key], ["v1"]) == b"stored"
+        assert runner.slots[slot] is right
+        assert await runner.run(GET_ONE, [key], []) == b"v1"
+        await runner.close()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_resharding_a_slot_with_keys_is_followed(cluster: RedisCluster) -> None:
+    player = "mover"
+    slot = keys.slot_of("t1", player)
+    source = cluster.owner_port(slot)
+    target = next(port for port in cluster.ports if port != source)
+
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        ledger = Ledger(runner, CLUSTER_SETTINGS)
+        first = await adjust(
+            ledger,
+            tenant="t1",
+            player=player,
+            currency="usd",
+            amount_units=500,
+            ref="before-move",
+            kind="adjust",
+        )
+        assert first.outcome == "applied"
+        stale = runner.slots[slot]
+        assert stale is not None and stale.address.port == source
+
+        await asyncio.to_thread(cluster.move_slot, slot, target)
+
+        # The runner still routes the slot to the source, which answers MOVED.
+        assert runner.slots[slot] is stale
+        replay = await adjust(
+            ledger,
+            tenant="t1",
+            player=player,
+            currency="usd",
+            amount_units=500,
+            ref="before-move",
+            kind="adjust",
+        )
+        assert (replay.outcome, replay.balance_units) == ("replay", 500)
+        moved_to = runner.slots[slot]
+        assert moved_to is not None and moved_to.address.port == target
+        second = await adjust(
+            ledger,
+            tenant="t1",
+            player=player,
+            currency="usd",
+            amount_units=1,
+            ref="after-move",
+            kind="adjust",
+        )
+        assert (second.outcome, second.balance_units) == ("applied", 501)
+        await runner.close()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_ask_during_a_migration_is_followed(cluster: RedisCluster) -> None:
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        await runner.start()
+        key, slot = key_in_slot_owned_by(cluster, cluster.ports[2], "asking")
+        target = cluster.ports[0]
+        source = await asyncio.to_thread(cluster.begin_migration, slot, target)
+        assert source == cluster.ports[2]
+        # The key is not on the source, so the source answers ASK; the target has never run
+        # this script, so it answers NOSCRIPT first (ASKING must precede the EVAL too).
+        assert await runner.run(SET_ONE, [key], ["asked"]) == b"stored"
+        owner = runner.slots[slot]
+        assert owner is not None and owner.address.port == source, "ASK must not move the slot"
+
+        # A multi-key script with some keys on each side cannot run mid-migration: Redis says
+        # TRYAGAIN, which is "unavailable", not a script error.
+        ledger = Ledger(runner, CLUSTER_SETTINGS)
+        player = next(f"p{i}" for i in range(100_000) if keys.slot_of("t9", f"p{i}") == slot)
+        await asyncio.to_thread(
+            cluster.cli, source, "SET", keys.account_key("t9", player) + "x", "1"
+        )
+        with pytest.raises(LedgerUnavailable, match="TRYAGAIN"):
+            await adjust(
+                ledger,
+                tenant="t9",
+                player=player,
+                currency="usd",
+                amount_units=5,
+                ref="mid",
+                kind="adjust",
+            )
+
+        await asyncio.to_thread(cluster.finish_migration, slot, source, target)
+        assert await runner.run(GET_ONE, [key], []) == b"asked"
+        owner = runner.slots[slot]
+        assert owner is not None and owner.address.port == target
+        applied = await adjust(
+            ledger,
+            tenant="t9",
+            player=player,
+            currency="usd",
+            amount_units=5,
+            ref="mid",
+            kind="adjust",
+        )
+        assert applied.outcome == "applied"
+        await runner.close()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_script_errors_and_noscript_on_a_cluster(cluster: RedisCluster) -> None:
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        with pytest.raises(LedgerScriptError, match="WGTEST broken"):
+            await runner.run(FAILING, ["k{1}"], [])
+        for port in cluster.ports:
+            await asyncio.to_thread(cluster.cli, port, "SCRIPT", "FLUSH")
+        stored = await asyncio.gather(
+            *(runner.run(SET_ONE, [f"k{{{i}}}"], [str(i)]) for i in range(200))
+        )
+        assert stored == [b"stored"] * 200
+        values = await asyncio.gather(*(runner.run(GET_ONE, [f"k{{{i}}}"], []) for i in range(200)))
+        assert values == [str(i).encode() for i in range(200)]
+        await runner.close()
+
+    run(scenario)
+
+
+def test_unreachable_cluster_fails_fast() -> None:
+    async def scenario() -> None:
+        runner = ClusterRunner.from_config(
+            RedisConfig(url="redis://127.0.0.1:1/0", cluster=True, connect_timeout_ms=200)
+        )
+        for _ in range(10):
+            started = time.monotonic()
+            with pytest.raises(LedgerUnavailable):
+                await runner.run(SET_ONE, ["k"], ["v"])
+            assert time.monotonic() - started < 1.0
+        assert runner.in_flight == 0
+        await runner.close()
+
+    run(scenario)
