@@ -1,0 +1,693 @@
+"""The journal writer against a real redis-server: fields, fsync-before-delete, flush interval,
+concurrent writers, crash recovery (torn lines, SIGKILL) and the key-to-player map."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pytest
+import redis
+import redis.asyncio
+
+from ledger_helpers import make_ledger
+from walletgate.config import Config, parse_config
+from walletgate.journal import replay, writer
+from walletgate.journal.writer import JournalWriter, WriterSettings
+from walletgate.ledger import keys
+from walletgate.ledger.admin import adjust
+from walletgate.ledger.core import Ledger, LedgerSettings
+
+ADMIN_TOKEN = "t" * 40
+SPEC_FIELDS = {
+    "ts",
+    "tenant",
+    "player",
+    "currency",
+    "seq",
+    "kind",
+    "key",
+    "delta_units",
+    "balance_after_units",
+    "protocol",
+    "result",
+    "fp",
+    "refs",
+}
+WRITER_FIELDS = {"fx", "sid", "bucket", "batch"}
+TS_PATTERN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
+
+
+# --- Helpers shared with test_journal_replay.py ----------------------------------------------
+
+
+def journal_config(url: str, directory: Path, **journal: Any) -> Config:
+    section: dict[str, Any] = {"dir": str(directory), "buckets": 4, "flush_interval_ms": 50}
+    section.update(journal)
+    return parse_config(
+        {"redis": {"url": url}, "journal": section, "admin": {"token": ADMIN_TOKEN}}
+    )
+
+
+def write_config_file(path: Path, url: str, directory: Path, **journal: Any) -> Path:
+    section: dict[str, Any] = {"dir": str(directory), "buckets": 4, "flush_interval_ms": 50}
+    section.update(journal)
+    lines = ["[redis]", f'url = "{url}"', "", "[journal]"]
+    for name, value in section.items():
+        lines.append(f"{name} = {value!r}" if not isinstance(value, str) else f'{name} = "{value}"')
+    lines += ["", "[admin]", f'token = "{ADMIN_TOKEN}"', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def ledger_for(config: Config) -> Ledger:
+    return make_ledger(
+        config.redis.url,
+        LedgerSettings(
+            journal_buckets=config.journal.buckets,
+            cluster=config.redis.cluster,
+            idempotency_ttl_s=config.idempotency.ttl_s,
+            midas_ttl_s=config.idempotency.midas_ttl_s,
+        ),
+    )
+
+
+Kind = Literal["adjust", "save"]
+Operation = tuple[str, str, str, int, str, Kind]
+
+
+def plan_operations(count: int, *, seed: int, players: int = 12) -> list[Operation]:
+    """Credits, debits (some refused for insufficient funds, which journals nothing) and saves
+    over a few tenants, players and currencies, each with a unique ref."""
+    rng = random.Random(seed)
+    operations: list[Operation] = []
+    for index in range(count):
+        tenant = f"t{rng.randrange(3)}"
+        player = f"p{rng.randrange(players)}"
+        currency = rng.choice(["usd", "eur"])
+        roll = rng.random()
+        kind: Kind = "adjust"
+        if roll < 0.6:
+            amount = rng.randrange(1, 10**9)
+        elif roll < 0.9:
+            amount = -rng.randrange(1, 10**9)
+        else:
+            amount, kind = rng.randrange(1, 10**6), "save"
+        operations.append((tenant, player, currency, amount, f"r{seed}-{index}", kind))
+    return operations
+
+
+async def apply_operations(
+    ledger: Ledger, operations: list[Operation], concurrency: int = 64
+) -> dict[str, tuple[str, int]]:
+    """Apply in parallel; returns ref -> (outcome, balance_units)."""
+    semaphore = asyncio.Semaphore(concurrency)
+    outcomes: dict[str, tuple[str, int]] = {}
+
+    async def one(operation: Operation) -> None:
+        tenant, player, currency, amount, ref, kind = operation
+        async with semaphore:
+            result = await adjust(
+                ledger,
+                tenant=tenant,
+                player=player,
+                currency=currency,
+                amount_units=amount,
+                ref=ref,
+                kind=kind,
+            )
+        outcomes[ref] = (result.outcome, result.balance_units)
+
+    await asyncio.gather(*(one(operation) for operation in operations))
+    return outcomes
+
+
+def pending_count(url: str, buckets: int = 4) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return sum(
+            int(client.xlen(stream)) for stream in keys.all_journal_stream_keys(buckets, False)
+        )
+    finally:
+        client.close()
+
+
+def disk_records(directory: Path) -> list[dict[str, Any]]:
+    """Every complete line of every segment (no dedupe: tests count duplicates)."""
+    records = []
+    for path in replay.segment_paths(directory):
+        for raw in path.read_bytes().splitlines(keepends=True):
+            if raw.endswith(b"\n"):
+                records.append(orjson.loads(raw))
+    return records
+
+
+def assert_each_record_once(records: list[dict[str, Any]], applied: int) -> None:
+    identities = Counter((r["tenant"], r["player"], r["currency"], r["seq"]) for r in records)
+    duplicates = [identity for identity, count in identities.items() if count > 1]
+    assert not duplicates, f"records written twice: {duplicates[:5]}"
+    assert len(records) == applied
+    by_account: dict[tuple[str, str, str], list[int]] = {}
+    for record in records:
+        by_account.setdefault((record["tenant"], record["player"], record["currency"]), []).append(
+            record["seq"]
+        )
+    for account, seqs in by_account.items():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), account
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(step_s)
+
+
+async def drain(config: Config, timeout_s: float = 30.0, **overrides: Any) -> None:
+    """Run one in-process writer until nothing is pending, then stop it."""
+    client = redis.asyncio.Redis.from_url(config.redis.url)
+    journal = JournalWriter(client, WriterSettings.from_config(config, **overrides))
+    await journal.start()
+    try:
+        await wait_until(
+            lambda: pending_count(config.redis.url, config.journal.buckets) == 0,
+            timeout_s,
+            "the writer to drain",
+        )
+    finally:
+        await journal.stop()
+        await client.aclose()
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coroutine)
+
+
+def applied_count(outcomes: dict[str, tuple[str, int]]) -> int:
+    return sum(1 for outcome, _ in outcomes.values() if outcome == "applied")
+
+
+# --- Tests -----------------------------------------------------------------------------------
+
+
+def test_records_reach_disk_with_the_spec_fields(redis_url: str, tmp_path: Path) -> None:
+    config = journal_config(redis_url, tmp_path / "journal")
+
+    async def scenario() -> dict[str, tuple[str, int]]:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, plan_operations(200, seed=1))
+        await ledger.runner.close()
+        await drain(config)
+        return outcomes
+
+    outcomes = run(scenario())
+    records = disk_records(config.journal.dir)
+    assert_each_record_once(records, applied_count(outcomes))
+    assert pending_count(redis_url) == 0
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for record in records:
+        assert set(record) == SPEC_FIELDS | WRITER_FIELDS
+        assert TS_PATTERN.match(record["ts"])
+        for name in ("seq", "delta_units", "balance_after_units", "bucket", "batch"):
+            assert type(record[name]) is int, name
+        assert record["protocol"] == "admin"
+        assert record["kind"] in ("adjust", "save")
+        assert record["result"] == "ok"
+        assert record["key"] == "admin:" + record["refs"]["ref"]
+        assert record["bucket"] == keys.journal_bucket(record["tenant"], record["player"], 4, False)
+        assert isinstance(record["fx"], list) and all(len(entry) == 4 for entry in record["fx"])
+        assert outcomes[record["refs"]["ref"]] == ("applied", record["balance_after_units"])
+    # The last record of each account holds the balance Redis holds.
+    last: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for record in records:
+        account = (record["tenant"], record["player"], record["currency"])
+        if account not in last or last[account]["seq"] < record["seq"]:
+            last[account] = record
+    for (tenant, player, currency), record in last.items():
+        stored = client.hmget(
+            keys.account_key(tenant, player), f"bal:{currency}", f"seq:{currency}"
+        )
+        assert stored == [str(record["balance_after_units"]), str(record["seq"])]
+    client.close()
+
+
+class DeleteAuditingClient:
+    """Wraps a redis.asyncio client; every deletion must name only entries already fsynced."""
+
+    def __init__(self, inner: redis.asyncio.Redis, durable: set[str]) -> None:
+        self._inner = inner
+        self._durable = durable
+        self.deleted = 0
+        self.early_deletes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        if script == writer.DELETE_ENTRIES_LUA:
+            for _, ids in orjson.loads(args[0]):
+                self.early_deletes.extend(sid for sid in ids if sid not in self._durable)
+                self.deleted += len(ids)
+        return await self._inner.eval(script, numkeys, *args)
+
+
+def test_records_leave_redis_only_after_fsync(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = journal_config(redis_url, tmp_path / "journal", batch_records=37)
+    durable: set[str] = set()
+    real_fsync = os.fsync
+
+    def auditing_fsync(descriptor: int) -> None:
+        real_fsync(descriptor)
+        path = os.readlink(f"/proc/self/fd/{descriptor}")
+        if path.endswith(".jsonl"):
+            for line in Path(path).read_bytes().splitlines():
+                durable.add(orjson.loads(line)["sid"])
+
+    monkeypatch.setattr(os, "fsync", auditing_fsync)
+
+    async def scenario() -> tuple[dict[str, tuple[str, int]], int]:
+        ledger = ledger_for(config)
+        client = DeleteAuditingClient(redis.asyncio.Redis.from_url(redis_url), durable)
+        journal = JournalWriter(client, WriterSettings.from_config(config))
+        await journal.start()
+        # Operations arrive while the writer runs, so batches and deletes interleave with them.
+        outcomes = await apply_operations(ledger, plan_operations(400, seed=2), concurrency=8)
+        await wait_until(lambda: pending_count(redis_url) == 0, 30, "the writer to drain")
+        await journal.stop()
+        await client.aclose()
+        await ledger.runner.close()
+        assert client.early_deletes == []
+        return outcomes, client.deleted
+
+    outcomes, deleted = run(scenario())
+    assert deleted == applied_count(outcomes)
+    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+
+
+def test_flush_interval_is_respected(redis_url: str, tmp_path: Path) -> None:
+    flush_interval_ms = 300
+    config = journal_config(redis_url, tmp_path / "journal", flush_interval_ms=flush_interval_ms)
+
+    async def scenario() -> list[float]:
+        ledger = ledger_for(config)
+        client = redis.asyncio.Redis.from_url(redis_url)
+        journal = JournalWriter(client, WriterSettings.from_config(config))
+        await journal.start()
+        await asyncio.sleep(0.5)  # the writer has taken its shards
+        delays: list[float] = []
+        for index in range(6):
+            await asyncio.sleep(random.uniform(0.0, 0.4))
+            started = time.monotonic()
+            await adjust(
+                ledger,
+                tenant="t1",
+                player=f"p{index}",
+                currency="usd",
+                amount_units=100,
+                ref=f"f{index}",
+                kind="adjust",
+            )
+            ref = f"f{index}"
+
+            def on_disk(ref: str = ref) -> bool:
+                return any(r["refs"]["ref"] == ref for r in disk_records(config.journal.dir))
+
+            await wait_until(on_disk, 5, f"record {ref} on disk", step_s=0.005)
+            delays.append(time.monotonic() - started)
+        # A line is visible before the writer counts it (after its fsync): wait for the delete.
+        await wait_until(lambda: pending_count(redis_url) == 0, 5, "the last delete")
+        status = journal.status()
+        await journal.stop()
+        await client.aclose()
+        await ledger.runner.close()
+        assert status.alive and status.last_flush_s > 0 and status.records_written_total == 6
+        return delays
+
+    delays = run(scenario())
+    # Within one interval, plus the time a cycle and this test's polling take on a busy host.
+    assert max(delays) < flush_interval_ms / 1000 + 0.45, delays
+    # The writer waits between cycles instead of spinning: some record waited a while.
+    assert max(delays) > 0.02, delays
+
+
+def test_two_writers_never_write_the_same_record(redis_url: str, tmp_path: Path) -> None:
+    config = journal_config(redis_url, tmp_path / "journal", batch_records=50, flush_interval_ms=20)
+    overrides = {"lease_ms": 600, "shards": 4}
+
+    async def scenario() -> tuple[dict[str, tuple[str, int]], list[int]]:
+        ledger = ledger_for(config)
+        clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(3)]
+        writers = [
+            JournalWriter(
+                clients[index],
+                WriterSettings.from_config(config, **overrides),
+                writer_id=f"w{index}",
+            )
+            for index in range(3)
+        ]
+        outcomes: dict[str, tuple[str, int]] = {}
+
+        async def paced(operations: list[Operation]) -> None:
+            # Operations keep arriving for a few seconds, across the handover below.
+            for start in range(0, len(operations), 100):
+                outcomes.update(await apply_operations(ledger, operations[start : start + 100], 16))
+                await asyncio.sleep(0.08)
+
+        await writers[0].start()
+        await writers[1].start()
+        traffic = asyncio.create_task(paced(plan_operations(3000, seed=3)))
+        await asyncio.sleep(1.2)
+        # A handover mid-stream: one writer stops cleanly and a third one joins.
+        await writers[0].stop()
+        await writers[2].start()
+        await traffic
+        await wait_until(lambda: pending_count(redis_url) == 0, 30, "the writers to drain")
+        written = [journal.status().records_written_total for journal in writers]
+        await writers[1].stop()
+        await writers[2].stop()
+        for client in clients:
+            await client.aclose()
+        await ledger.runner.close()
+        return outcomes, written
+
+    outcomes, written = run(scenario())
+    assert all(count > 0 for count in written), written
+    assert sum(written) == applied_count(outcomes)
+    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert replay_verify(config) == 0
+
+
+def replay_verify(config: Config) -> int:
+    return int(asyncio.run(replay.verify(config)))
+
+
+def test_torn_line_and_unfinished_batch_are_recovered(redis_url: str, tmp_path: Path) -> None:
+    """A writer died after writing part of a batch: the complete lines reached the page cache
+    (their entries are still in Redis) and the last line is torn."""
+    config = journal_config(redis_url, tmp_path / "journal", buckets=1)
+    overrides = {"shards": 1}
+
+    async def scenario() -> dict[str, tuple[str, int]]:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, plan_operations(30, seed=5), 1)
+        await drain(config, **overrides)
+        outcomes.update(await apply_operations(ledger, plan_operations(30, seed=6), 1))
+        await ledger.runner.close()
+        return outcomes
+
+    outcomes = run(scenario())
+    stream = keys.journal_stream_key(0, False)
+    client = redis.Redis.from_url(redis_url)
+    pending: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream)  # type: ignore[assignment]
+    assert len(pending) == applied_count(outcomes) - len(disk_records(config.journal.dir))
+    segment = replay.segment_paths(config.journal.dir)[-1]
+    last_batch = orjson.loads(segment.read_bytes().splitlines()[-1])["batch"]
+    crashed = b"".join(
+        orjson.dumps(writer.journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
+        for sid, fields in pending[:3]
+    )
+    torn = orjson.dumps(
+        writer.journal_record(0, pending[3][0].decode(), pending[3][1], last_batch + 1)
+    )
+    with open(segment, "ab") as handle:
+        handle.write(crashed + torn[: len(torn) // 2])
+    run(drain(config, **overrides))
+    assert client.xlen(stream) == 0
+    client.close()
+    records = disk_records(config.journal.dir)
+    assert_each_record_once(records, applied_count(outcomes))
+    assert replay_verify(config) == 0
+
+
+def test_sigkill_mid_flush_loses_and_duplicates_nothing(redis_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "journal"
+    config_path = write_config_file(
+        tmp_path / "walletgate.toml",
+        redis_url,
+        directory,
+        batch_records=400,
+        segment_max_bytes=65536,
+        flush_interval_ms=20,
+    )
+    config = journal_config(redis_url, directory)
+
+    async def backlog() -> dict[str, tuple[str, int]]:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, plan_operations(12_000, seed=7, players=200), 256)
+        await ledger.runner.close()
+        return outcomes
+
+    outcomes = run(backlog())
+    applied = applied_count(outcomes)
+    environment = {**os.environ, "PYTHONPATH": str(PYTHON_DIR)}
+
+    def start_writer() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "walletgate.journal.writer",
+                "--config",
+                str(config_path),
+                "--lease-ms",
+                "1000",
+                "--writer-id",
+                "killable",
+            ],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    rng = random.Random(8)
+    kills = 0
+    for _ in range(6):
+        before = pending_count(redis_url)
+        if before == 0:
+            break
+        process = start_writer()
+        # Kill once the writer is busy flushing the backlog (its pending count moved).
+        deadline = time.monotonic() + 20
+        while pending_count(redis_url) == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.15))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        kills += 1
+        # The restarted writer has the same id, so it takes back the dead one's leases at once
+        # (the kernel released the dead one's file locks).
+    assert kills >= 2
+    assert pending_count(redis_url) > 0, "the backlog was too small to kill mid-flush"
+    process = start_writer()
+    deadline = time.monotonic() + 60
+    while pending_count(redis_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr.decode()
+    assert pending_count(redis_url) == 0
+    assert_each_record_once(disk_records(directory), applied)
+    assert replay_verify(config) == 0
+    assert len(replay.segment_paths(directory)) > 4  # segments were rotated
+
+
+def test_status_reports_backlog_and_lag(redis_url: str, tmp_path: Path) -> None:
+    config = journal_config(redis_url, tmp_path / "journal", batch_records=4, flush_interval_ms=100)
+    overrides = {"status_interval_ms": 50}
+
+    async def scenario() -> None:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, plan_operations(300, seed=9), 16)
+        await asyncio.sleep(0.3)  # the backlog ages
+        client = redis.asyncio.Redis.from_url(redis_url)
+        journal = JournalWriter(client, WriterSettings.from_config(config, **overrides))
+        assert not journal.status().alive
+        await journal.start()
+        seen_backlog = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = journal.status()
+            if status.pending_records > 0 and status.oldest_pending_age_s >= 0.2:
+                seen_backlog = True
+            if status.pending_records == 0 and pending_count(redis_url) == 0 and seen_backlog:
+                break
+            await asyncio.sleep(0.02)
+        assert seen_backlog
+        status = journal.status()
+        assert status.alive and status.owned_shards == (0, 1, 2, 3)
+        assert status.records_written_total == applied_count(outcomes)
+        assert status.sequence_violations_total == 0 and status.errors_total == 0
+        await journal.stop()
+        assert not journal.status().alive
+        await client.aclose()
+        await ledger.runner.close()
+
+    run(scenario())
+
+
+def test_key_to_player_map_and_cross_player_keys(redis_url: str, tmp_path: Path) -> None:
+    config = journal_config(redis_url, tmp_path / "journal")
+
+    async def scenario() -> writer.JournalStatus:
+        ledger = ledger_for(config)
+        for player in ("alice", "bob"):
+            result = await adjust(
+                ledger,
+                tenant="t1",
+                player=player,
+                currency="usd",
+                amount_units=5,
+                ref="shared",
+                kind="adjust",
+            )
+            assert result.outcome == "applied"
+        await adjust(
+            ledger,
+            tenant="t1",
+            player="carol",
+            currency="usd",
+            amount_units=5,
+            ref="own",
+            kind="adjust",
+        )
+        await ledger.runner.close()
+        client = redis.asyncio.Redis.from_url(redis_url)
+        journal = JournalWriter(client, WriterSettings.from_config(config))
+        await journal.start()
+        await wait_until(lambda: pending_count(redis_url) == 0, 10, "the writer to drain")
+        status = journal.status()
+        await journal.stop()
+        await client.aclose()
+        return status
+
+    status = run(scenario())
+    assert dict(status.cross_player_total) == {"admin": 1}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.get(writer.keymap_key("t1", "admin:own")) == "carol"
+    assert client.get(writer.keymap_key("t1", "admin:shared")) in ("alice", "bob")
+    ttl_s = client.ttl(writer.keymap_key("t1", "admin:own"))
+    assert config.idempotency.ttl_s - 60 < ttl_s <= config.idempotency.ttl_s
+    client.close()
+
+
+def test_layout_change_is_refused(redis_url: str, tmp_path: Path) -> None:
+    config = journal_config(redis_url, tmp_path / "journal")
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        first = JournalWriter(client, WriterSettings.from_config(config))
+        await first.start()
+        await first.stop()
+        other = JournalWriter(client, WriterSettings.from_config(config, shards=2))
+        with pytest.raises(writer.JournalLayoutError):
+            await other.start()
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_record_conversion_edge_cases() -> None:
+    fields = {
+        b"ts": b"1700000000123456",
+        b"tenant": b"t",
+        b"player": b"p",
+        b"currency": b"usd",
+        b"seq": b"7",
+        b"kind": b"pay",
+        b"key": b"bill-1",
+        b"delta": b"-100",
+        b"bal": b"900",
+        b"proto": b"midas",
+        b"result": b"90013",
+        b"fp": b"abc",
+        b"refs": b"[]",
+        b"fx": b"{}",
+        b"gdelta": b"-5",
+        b"gbal": b"20",
+        b"round": b"r9",
+    }
+    record = writer.journal_record(3, "1700000000123-0", fields, 12)
+    assert record["ts"] == "2023-11-14T22:13:20.123456Z"
+    assert writer.parse_ts(record["ts"]) == 1700000000123456
+    assert record["result"] == 90013 and record["refs"] == {} and record["fx"] == []
+    assert (record["gen_delta_units"], record["gen_after_units"]) == (-5, 20)
+    assert record["extra"] == {"round": "r9"}
+    assert (
+        writer.journal_record(3, "1-0", {**fields, b"result": b"INSUFFICIENT_FUNDS"}, 1)["result"]
+        == "INSUFFICIENT_FUNDS"
+    )
+    with pytest.raises(writer.MalformedEntry):
+        writer.journal_record(3, "1-0", {**fields, b"fx": b'[["acct","bal:usd",1e+15,"0"]]'}, 1)
+    with pytest.raises(writer.MalformedEntry):
+        writer.journal_record(3, "1-0", {k: v for k, v in fields.items() if k != b"seq"}, 1)
+
+
+def test_a_stalled_writer_cannot_write_after_losing_its_lease(
+    redis_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writer A stalls between reading a batch and writing it, past its lease. Writer B may take
+    the lease but not the shard's file lock while A holds it; A finds its lease untrusted and
+    gives the shard up unwritten, and whichever writer takes it next writes the batch. Every
+    record is on disk exactly once."""
+    config = journal_config(redis_url, tmp_path / "journal", buckets=1, flush_interval_ms=20)
+    overrides = {"shards": 1, "lease_ms": 600}
+
+    async def scenario() -> tuple[dict[str, tuple[str, int]], list[int]]:
+        ledger = ledger_for(config)
+        clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
+        first = JournalWriter(
+            clients[0], WriterSettings.from_config(config, **overrides), writer_id="a"
+        )
+        second = JournalWriter(
+            clients[1], WriterSettings.from_config(config, **overrides), writer_id="b"
+        )
+        outcomes = await apply_operations(ledger, plan_operations(50, seed=30), 8)
+        await first.start()
+        await wait_until(lambda: pending_count(redis_url, 1) == 0, 10, "writer a to drain")
+        stalled = asyncio.Event()
+        real_read = first._reader.read
+
+        async def read_then_stall(*args: Any) -> Any:
+            pages = await real_read(*args)
+            if pages and not stalled.is_set():
+                stalled.set()
+                await asyncio.sleep(2.0)  # far past the 600 ms lease
+            return pages
+
+        monkeypatch.setattr(first._reader, "read", read_then_stall)
+        await second.start()
+        outcomes.update(await apply_operations(ledger, plan_operations(50, seed=31), 8))
+        await wait_until(stalled.is_set, 10, "writer a to stall")
+        await wait_until(lambda: pending_count(redis_url, 1) == 0, 20, "writer b to drain")
+        written = [first.status().records_written_total, second.status().records_written_total]
+        await first.stop()
+        await second.stop()
+        for client in clients:
+            await client.aclose()
+        await ledger.runner.close()
+        return outcomes, written
+
+    outcomes, written = run(scenario())
+    assert "shard 0 lease not confirmed in time" in caplog.text
+    assert sum(written) == applied_count(outcomes)
+    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
