@@ -31,6 +31,7 @@ logger = logging.getLogger("walletgate")
 DEFAULT_SESSION_TTL_S = 604_800
 MAX_SESSION_TTL_S = 10 * 365 * 86_400
 MAX_REF_CHARS = 128
+ADMIN_KEY_PREFIX = "admin:"
 MIDAS_EXTRA_FIELDS = ("save_amt", "save_sum", "cost_sum", "present_sum")
 Renderer = Callable[[dict[str, str]], Any]
 
@@ -295,7 +296,7 @@ def stored_outcome(
         "balance_after": _native.format_units(
             int(record.get("bal", "0") or 0) + int(record.get("gbal", "0") or 0)
         ),
-        "response": _render(record, renderer),
+        "response": _render(key, record, renderer),
         "created_at": _rfc3339(created_s),
         "expires_at": _rfc3339(time.time() + ttl_s) if ttl_s > 0 else None,
     }
@@ -305,9 +306,13 @@ def stored_outcome(
     return outcome
 
 
-def _render(record: dict[str, str], renderer: Renderer | None) -> Any:
+def _render(key: str, record: dict[str, str], renderer: Renderer | None) -> Any:
     if record.get("protocol") == "admin" or renderer is None:
-        return {"balance": _native.format_units(int(record.get("bal", "0") or 0))}
+        # The adjust answer was {"balance", "ref"}; the ref is the key without "admin:".
+        return {
+            "balance": _native.format_units(int(record.get("bal", "0") or 0)),
+            "ref": key.removeprefix(ADMIN_KEY_PREFIX),
+        }
     try:
         return renderer(record)
     except Exception:  # A record a renderer cannot read must not break the admin API.

@@ -27,6 +27,7 @@ from walletgate.ledger.core import Ledger, LedgerSettings, as_str
 from walletgate.logs import AccessLog, configure_logging
 from walletgate.metrics import Metrics
 from walletgate.middleware import AccessMiddleware
+from walletgate.openapi import openapi_routes
 from walletgate.protocols import midas, minigame, transfer, wallet_v2
 from walletgate.protocols.common import GatewayContext
 
@@ -86,6 +87,7 @@ def create_app(
     routes += midas.routes(context)
     routes += admin_routes(context, admin_client, renderers, key_to_player)
     routes += health_routes(context, writer.status if writer is not None else None)
+    routes += openapi_routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:

@@ -459,6 +459,9 @@ class RecordMeta:
     protocol: str
     keymap_expire_at_s: int
     malformed: bool = False
+    # Other transaction keys the record wrote (a cancel's tombstone on the bet's key), which
+    # the admin API must find without ?player= as well.
+    other_keys: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -467,6 +470,9 @@ class StreamEntry:
     stream: str
     sid: str
     fields: RawFields
+
+
+TRANSACTION_SUFFIX = "tx:"
 
 
 def meta_of(
@@ -488,6 +494,16 @@ def meta_of(
         key=record["key"],
         protocol=record["protocol"],
         keymap_expire_at_s=expire_at_s,
+        other_keys=tuple(
+            sorted(
+                {
+                    entry[0][len(TRANSACTION_SUFFIX) :]
+                    for entry in record["fx"]
+                    if entry[0].startswith(TRANSACTION_SUFFIX)
+                    and entry[0] != TRANSACTION_SUFFIX + record["key"]
+                }
+            )
+        ),
     )
 
 
@@ -1232,14 +1248,15 @@ class JournalWriter:
         """Keep the transaction key -> player map for records on disk, and count keys that a
         second player reused (the first player stays mapped)."""
         now_s = int(time.time())
-        items = [
-            (keymap_key(meta.tenant, meta.key), meta.player, str(meta.keymap_expire_at_s))
-            for meta in metas
-            if not meta.malformed and meta.keymap_expire_at_s > now_s
-        ]
+        live = [m for m in metas if not m.malformed and m.keymap_expire_at_s > now_s]
         meta_of_key = {
-            keymap_key(meta.tenant, meta.key): meta for meta in metas if not meta.malformed
+            keymap_key(meta.tenant, key): meta
+            for meta in live
+            for key in (meta.key, *meta.other_keys)
         }
+        items = [
+            (name, meta.player, str(meta.keymap_expire_at_s)) for name, meta in meta_of_key.items()
+        ]
         for chunk, reply in await run_per_node(self._client, MAP_KEYS_LUA, items):
             for index in range(0, len(reply), 2):
                 name, player, _ = chunk[int(reply[index]) - 1]

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Final
 
 import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from walletgate.config import RedisConfig
 from walletgate.ledger.cluster_runner import ClusterRunner
@@ -20,6 +23,7 @@ from walletgate.ledger.runner import ScriptRunner
 # Connections the admin client may open (per node on a cluster). Admin and tooling traffic is
 # light; a small bound keeps it from competing with the hot path for Redis's file descriptors.
 ADMIN_MAX_CONNECTIONS: Final = 16
+ADMIN_RETRIES: Final = 1
 
 AdminClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
@@ -50,6 +54,7 @@ def make_admin_client(
             socket_timeout=command_timeout_s,
             require_full_coverage=True,
             decode_responses=False,
+            retry=Retry(NoBackoff(), ADMIN_RETRIES),
         )
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         config.url,
@@ -58,5 +63,9 @@ def make_admin_client(
         socket_connect_timeout=connect_timeout_s,
         socket_timeout=command_timeout_s,
         decode_responses=False,
+        # A pooled connection that Redis closed (a restart) fails on first use; one immediate
+        # retry on a fresh connection hides that from admin callers and the journal writer.
+        retry=Retry(NoBackoff(), ADMIN_RETRIES),
+        retry_on_error=[redis.exceptions.ConnectionError],
     )
     return redis.asyncio.Redis.from_pool(pool)

@@ -1,0 +1,419 @@
+"""A real ``walletgate serve --workers 2`` process (Granian) on a free port, end to end.
+
+Smoke set: one signed request per family succeeds, the admin API refuses a wrong token with an
+empty 401, ``/readyz`` answers 200, ``/metrics`` sums both workers' counters exactly, and
+nothing the server printed (access log on stdout, application log on stderr) contains a
+configured secret, a session token, a session_key or a signature. The server stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+import gateway_helpers
+from conftest import free_port
+from walletgate.config import Config, load_config
+from wire_helpers import (
+    LUCK_APP_ID,
+    LUCK_KEY,
+    LUCK_PATHS,
+    MIDAS_APPID,
+    MIDAS_PATHS,
+    MINIGAME_APP_ID,
+    MINIGAME_KEY,
+    MINIGAME_PATHS,
+    TRANSFER_APPID,
+    TRANSFER_KEY,
+    TRANSFER_PATHS,
+    WALLET_V2_PATH,
+    admin_headers,
+    compact,
+    midas_params,
+    midas_sign,
+    midas_url,
+    signed_post,
+    write_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = 2
+START_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 15.0
+METRICS_TIMEOUT_S = 10.0
+HAMMER_REQUESTS = 400
+HAMMER_CONNECTIONS = 8
+PLAYER = "srv-player"
+OPENID = "srv-openid"
+SESSION_KEY = "srvSessionKey0123456789=="
+REQUESTS_TOTAL = re.compile(r"^walletgate_requests_total(\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    config: Config
+    stdout: Path
+    stderr: Path
+    temporary: Path
+    # Everything that must never appear in the server's output.
+    secrets: set[str] = field(default_factory=set)
+    # Requests sent to the four families (each is counted in walletgate_requests_total).
+    family_requests: int = 0
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10.0)
+
+    def output(self) -> bytes:
+        return self.stdout.read_bytes() + self.stderr.read_bytes()
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after a bounded wait; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+                raise AssertionError("the server ignored SIGTERM and was killed") from None
+        return self.process.returncode
+
+
+def wait_for_health(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(
+                f"the server exited with {server.process.returncode}:\n"
+                + server.output().decode(errors="replace")[-4000:]
+            )
+        try:
+            if httpx.get(server.base_url + "/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(
+        f"/healthz not 200 within {START_TIMEOUT_S} s:\n"
+        + server.output().decode(errors="replace")[-4000:]
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path, redis_url: str) -> Iterator[Server]:
+    raw = gateway_helpers.config_dict(tmp_path / "journal")
+    raw["redis"]["url"] = redis_url
+    raw["server"].update(host="127.0.0.1", port=1, workers=1)  # the flags must override these
+    config_path = write_config(tmp_path / "walletgate.toml", raw)
+    port = free_port()
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "python"), *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    environment.pop("WALLETGATE_CONFIG", None)
+    environment["TMPDIR"] = str(tmp_path / "tmp")  # where serve puts the metrics snapshots
+    (tmp_path / "tmp").mkdir()
+    stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "walletgate.cli",
+                "serve",
+                "--config",
+                str(config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(WORKERS),
+            ],
+            stdout=out,
+            stderr=err,
+            env=environment,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    config = load_config(config_path)
+    running = Server(process, f"http://127.0.0.1:{port}", config, stdout, stderr, tmp_path / "tmp")
+    running.secrets.update(config.secrets())
+    try:
+        wait_for_health(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            # A failed test still stops the server (and its workers, in the same session).
+            try:
+                running.stop()
+            except AssertionError:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def md5_call(
+    server: Server, client: httpx.Client, path: str, fields: dict[str, Any], key: str
+) -> Any:
+    url, content, headers = signed_post(path, compact(fields), key)
+    server.secrets.add(headers["sign"])
+    answer = client.post(url, content=content, headers=headers)
+    server.family_requests += 1
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def midas_call(server: Server, client: httpx.Client, path: str, **extra: Any) -> Any:
+    body = midas_sign(midas_params(OPENID, **extra), path, session_key=SESSION_KEY)
+    server.secrets.update((body["sig"], body["mp_sig"]))
+    answer = client.post(midas_url(path), content=compact(body))
+    server.family_requests += 1
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def admin(client: httpx.Client, method: str, path: str, body: Any = None) -> httpx.Response:
+    content = None if body is None else compact(body)
+    return client.request(method, "/admin/v1" + path, content=content, headers=admin_headers())
+
+
+def register(server: Server, client: httpx.Client, **body: Any) -> None:
+    server.secrets.add(body["token"])
+    if "session_key" in body:
+        server.secrets.add(body["session_key"])
+    answer = admin(client, "POST", "/sessions", body)
+    assert answer.status_code == 201, answer.text
+
+
+def fund(client: httpx.Client, tenant: str, player: str, currency: str, **body: Any) -> None:
+    answer = admin(client, "POST", f"/accounts/{tenant}/{player}/{currency}/adjust", body)
+    assert answer.status_code == 200, answer.text
+
+
+def requests_total(text: str, **labels: str) -> float:
+    total = 0.0
+    for label_text, value in REQUESTS_TOTAL.findall(text):
+        if all(f'{name}="{wanted}"' in label_text for name, wanted in labels.items()):
+            total += float(value)
+    return total
+
+
+def worker_snapshot_files(temporary: Path) -> list[Path]:
+    """The workers' metrics snapshots (``walletgate serve`` makes its directory in TMPDIR)."""
+    return sorted(temporary.glob("walletgate-metrics-*/worker-*.json"))
+
+
+# -- the test ---------------------------------------------------------------------------------
+
+
+def test_served_process_smoke_metrics_secrets_and_sigterm(server: Server) -> None:
+    with server.client() as client:
+        # Seed through the admin API.
+        register(
+            server,
+            client,
+            tenant=MINIGAME_APP_ID,
+            player=PLAYER,
+            currency="usdt",
+            token="srv-mg-session",
+        )
+        register(
+            server,
+            client,
+            tenant=LUCK_APP_ID,
+            player=PLAYER,
+            currency="USDT",
+            token="srv-luck-session",
+        )
+        register(
+            server,
+            client,
+            tenant=gateway_helpers.WALLET_TOKEN,
+            player=PLAYER,
+            currency="USD",
+            token="srv-v2-code",
+        )
+        register(
+            server,
+            client,
+            tenant=MIDAS_APPID,
+            player=OPENID,
+            currency="1",
+            token="srv-midas-handle",
+            session_key=SESSION_KEY,
+        )
+        fund(client, MINIGAME_APP_ID, PLAYER, "usdt", amount="100", ref="srv-1")
+        fund(client, LUCK_APP_ID, PLAYER, "USDT", amount="100", ref="srv-2")
+        fund(client, gateway_helpers.WALLET_TOKEN, PLAYER, "USD", amount="100", ref="srv-3")
+        fund(client, MIDAS_APPID, OPENID, "1", amount="100", ref="srv-4", kind="save")
+
+        # One signed request per family.
+        bet = {
+            "app_id": MINIGAME_APP_ID,
+            "uname": PLAYER,
+            "money": "-2.5",
+            "bet": "2.5",
+            "type": 1,
+            "order_id": "srv-order-1",
+            "session_id": "srv-round",
+            "timestamp": 1,
+        }
+        assert md5_call(server, client, MINIGAME_PATHS[2], bet, MINIGAME_KEY) == {
+            "data": {"balance": "97.5"},
+            "code": 1,
+            "msg": "ok",
+        }
+        verify = {
+            "app_id": LUCK_APP_ID,
+            "timestamp": 1,
+            "operator_player_session": "srv-luck-session",
+        }
+        luck = md5_call(server, client, LUCK_PATHS[0], verify, LUCK_KEY)
+        assert luck["code"] == 1 and luck["data"]["balance"] == "100", luck
+        authorize = {"appid": TRANSFER_APPID, "timestamp": 1, "uname": PLAYER, "nickname": "n"}
+        authorized = md5_call(server, client, TRANSFER_PATHS[0], authorize, TRANSFER_KEY)
+        assert authorized["code"] == 0, authorized
+        token = authorized["data"]["token"]
+        server.secrets.add(token)
+        deposit = {
+            "appid": TRANSFER_APPID,
+            "timestamp": 1,
+            "token": token,
+            "currency": "usdt",
+            "amount": "10",
+            "tx_id": "srv-tx-1",
+        }
+        moved = md5_call(server, client, TRANSFER_PATHS[1], deposit, TRANSFER_KEY)
+        assert moved["code"] == 0 and moved["data"]["state"] == 1, moved
+        v2_bet = {"type": "bet", "code": "srv-v2-code", "id": 1, "game": 1, "bet": 250}
+        placed = client.post(WALLET_V2_PATH, content=compact(v2_bet)).json()
+        server.family_requests += 1
+        assert placed["result"] == 1 and placed["credit"] == 9750, placed
+        paid = midas_call(server, client, MIDAS_PATHS[1], bill_no="srv-bill-1", amt=30)
+        assert paid["errcode"] == 0 and paid["balance"] == 70, paid
+        sandbox = midas_call(server, client, MIDAS_PATHS[4])
+        assert sandbox["errcode"] == 0 and sandbox["balance"] == 0, sandbox
+
+        # Admin with a wrong token: 401 and nothing more.
+        for authorization in ("Bearer wrong-token-0123456789abcdef0123", None):
+            headers = {} if authorization is None else {"authorization": authorization}
+            refused = client.get(
+                f"/admin/v1/accounts/{MINIGAME_APP_ID}/{PLAYER}/usdt", headers=headers
+            )
+            assert refused.status_code == 401 and refused.content == b"", refused.text
+
+        # Ready: Redis answers, the scripts run, the journal writer is alive.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (ready := client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+
+    # Hammer get_balance over several connections; both workers take some of them.
+    balance = compact({"app_id": MINIGAME_APP_ID, "uname": PLAYER, "timestamp": 1})
+    url, content, headers = signed_post(MINIGAME_PATHS[1], balance, MINIGAME_KEY)
+    server.secrets.add(headers["sign"])
+
+    def hammer(count: int) -> int:
+        ok = 0
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        with httpx.Client(base_url=server.base_url, timeout=10.0, limits=limits) as connection:
+            for _ in range(count):
+                answer = connection.post(url, content=content, headers=headers)
+                ok += answer.status_code == 200 and answer.json()["code"] == 1
+        return ok
+
+    share = HAMMER_REQUESTS // HAMMER_CONNECTIONS
+    with ThreadPoolExecutor(HAMMER_CONNECTIONS) as pool:
+        answered = sum(pool.map(hammer, [share] * HAMMER_CONNECTIONS))
+    assert answered == share * HAMMER_CONNECTIONS
+    server.family_requests += answered
+
+    # /metrics sums every worker's snapshot: once both have published (every second), the
+    # counters equal what was sent, whichever worker answers the scrape.
+    time.sleep(1.5)
+    deadline = time.monotonic() + METRICS_TIMEOUT_S
+    scrapes: list[tuple[float, float]] = []
+    while True:
+        text = httpx.get(server.base_url + "/metrics", timeout=5.0).text  # a new connection
+        counted = (requests_total(text), requests_total(text, endpoint="get_balance"))
+        scrapes.append(counted)
+        assert counted[0] <= server.family_requests, (counted, server.family_requests)
+        if counted == (server.family_requests, answered) and len(scrapes) >= 4:
+            break
+        assert time.monotonic() < deadline, (scrapes[-5:], server.family_requests, answered)
+        time.sleep(0.3)
+    assert 'family="minigame"' in text and 'family="midas"' in text
+    assert "walletgate_request_duration_seconds_bucket" in text
+    snapshots = worker_snapshot_files(server.temporary)
+    assert len(snapshots) >= WORKERS, snapshots  # both workers publish their counters
+
+    # SIGTERM stops the server and its workers within the bounded wait.
+    status = server.stop()
+    assert status in (0, -signal.SIGTERM), status
+
+    output = server.output()
+    leaked = sorted(secret for secret in server.secrets if secret.encode() in output)
+    assert not leaked, f"secrets in the server's output: {leaked}"
+    assert b"Traceback" not in output, output.decode(errors="replace")[-4000:]
+    access = [
+        orjson.loads(line)
+        for line in server.stdout.read_bytes().splitlines()
+        if line.startswith(b"{")
+    ]
+    logged = [line for line in access if line.get("family") == "minigame"]
+    assert len(logged) >= HAMMER_REQUESTS, len(logged)  # the access log is on, in JSON
+    assert any(line.get("order_id") == "srv-order-1" for line in logged)
+    assert any(line.get("trace_id") for line in logged)
+
+
+def test_an_invalid_config_exits_non_zero_before_binding(tmp_path: Path) -> None:
+    raw = gateway_helpers.config_dict(tmp_path / "journal")
+    raw["admin"]["token"] = "too-short-secret"
+    config_path = write_config(tmp_path / "walletgate.toml", raw)
+    port = free_port()
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "python"), *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "walletgate.cli",
+            "serve",
+            "--config",
+            str(config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        capture_output=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0, result
+    assert b"admin.token" in result.stderr, result.stderr
+    assert b"too-short-secret" not in result.stdout + result.stderr  # not even a bad secret
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # nothing bound the port
