@@ -287,12 +287,17 @@ def test_replay_simulates_expiry_and_deletes() -> None:
     assert states["round:r1"].expire_at_us == 130 * second
     assert "tx:a" not in states
     assert states["tx:b"].fields == {"fp": "y"} and states["tx:b"].expire_at_us is None
-    assert keymap["usd-1"] == ("p", 110) and keymap["usd-2"] == ("p", 130)
+    assert keymap["usd-1"] == ("p", 110, 100 * second)
+    assert keymap["usd-2"] == ("p", 130, 120 * second)
     # A record without any TTL keeps its map entry for the idempotency retention.
-    assert keymap["eur-1"] == ("p", 115 + 604_800)
-    items = replay.player_restore_items("t", "p", states, keymap, now_us=125 * second)
+    assert keymap["eur-1"] == ("p", 115 + 604_800, 115 * second)
+    items = replay.player_restore_items("t", "p", states, now_us=125 * second)
     names = [item[0] for item in items]
-    assert "wg:{t:p}:round:r1" in names and "wg:{keymap:t:usd-1}" not in names
+    assert "wg:{t:p}:round:r1" in names
+    global_keymap: replay.GlobalKeymap = {}
+    replay.merge_keymap(global_keymap, "t", keymap)
+    map_names = [item[0] for item in replay.keymap_restore_items(global_keymap, 125 * second)]
+    assert "wg:{keymap:t:usd-1}" not in map_names and "wg:{keymap:t:usd-2}" in map_names
 
 
 def test_commands_exit_codes(redis_url: str, tmp_path: Path, capsys: Any) -> None:

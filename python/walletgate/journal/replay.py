@@ -49,6 +49,7 @@ from walletgate.journal.writer import (
     journal_record,
     keymap_key,
     max_ttl_s,
+    other_transaction_keys,
     parse_ts,
     quarantine_record,
     run_per_node,
@@ -751,7 +752,7 @@ class KeyState:
 
 def replay_player(
     accounts: Mapping[str, list[JournalRecord]], keymap_ttl_s: int
-) -> tuple[dict[str, KeyState], dict[str, tuple[str, int]]]:
+) -> tuple[dict[str, KeyState], dict[str, tuple[str, int, int]]]:
     """A player's final key states from its records' ``fx``, and its key-map entries.
 
     Each account's records are applied in seq order; accounts of one player interleave by time
@@ -763,7 +764,7 @@ def replay_player(
         *accounts.values(), key=lambda record: (record.ts_us, stream_id_order(record.sid))
     )
     states: dict[str, KeyState] = {}
-    keymap: dict[str, tuple[str, int]] = {}
+    keymap: dict[str, tuple[str, int, int]] = {}
     for record in ordered:
         for suffix, name, value, ttl in record.fx:
             state = states.get(suffix)
@@ -782,12 +783,43 @@ def replay_player(
             state.fields[name] = value
             if int(ttl) > 0:
                 state.expire_at_us = record.ts_us + int(ttl) * 1_000_000
-        # As the writer does: the map entry lives as long as the record's longest TTL.
+        # As the writer does: the map entry lives as long as the record's longest TTL, and
+        # covers the other transaction keys the record wrote (a cancel's tombstone).
         expire_at_s = record.ts_us // 1_000_000 + (max_ttl_s(record.fx) or keymap_ttl_s)
-        known = keymap.get(record.key)
-        if known is None or known[1] < expire_at_s:
-            keymap[record.key] = (known[0] if known else record.player, expire_at_s)
+        for transaction_key in (record.key, *other_transaction_keys(record.key, record.fx)):
+            known = keymap.get(transaction_key)
+            if known is None:
+                keymap[transaction_key] = (record.player, expire_at_s, record.ts_us)
+            elif known[1] < expire_at_s:
+                keymap[transaction_key] = (known[0], expire_at_s, known[2])
     return states, keymap
+
+
+# (tenant, transaction key) -> (player, expire at in unix s, first use in unix us)
+GlobalKeymap = dict[tuple[str, str], tuple[str, int, int]]
+
+
+def merge_keymap(
+    into: GlobalKeymap, tenant: str, keymap: Mapping[str, tuple[str, int, int]]
+) -> None:
+    """Merge one player's entries: the player who used a key first keeps it, as in the writer."""
+    for transaction_key, (player, expire_at_s, first_us) in keymap.items():
+        known = into.get((tenant, transaction_key))
+        if known is None:
+            into[(tenant, transaction_key)] = (player, expire_at_s, first_us)
+            continue
+        first_player, first_seen_us = (
+            (player, first_us) if first_us < known[2] else (known[0], known[2])
+        )
+        into[(tenant, transaction_key)] = (first_player, max(expire_at_s, known[1]), first_seen_us)
+
+
+def keymap_restore_items(keymap: GlobalKeymap, now_us: int) -> list[RestoreItem]:
+    return [
+        (keymap_key(tenant, transaction_key), "map", player, str(expire_at_s))
+        for (tenant, transaction_key), (player, expire_at_s, _) in keymap.items()
+        if expire_at_s * 1_000_000 > now_us
+    ]
 
 
 RESTORE_LUA = """#!lua flags=allow-cross-slot-keys
@@ -800,7 +832,7 @@ for _, item in ipairs(cjson.decode(ARGV[1])) do
       redis.call('PEXPIREAT', item[1], item[4])
     end
   else
-    redis.call('SET', item[1], item[3], 'NX', 'EXAT', item[4])
+    redis.call('SET', item[1], item[3], 'EXAT', item[4])
   end
 end
 return 0
@@ -815,10 +847,9 @@ def player_restore_items(
     tenant: str,
     player: str,
     states: Mapping[str, KeyState],
-    keymap: Mapping[str, tuple[str, int]],
     now_us: int,
 ) -> list[RestoreItem]:
-    """What one player's keys and key-map entries need written, skipping what has expired."""
+    """What one player's keys need written, skipping what has expired."""
     prefix = keys.player_prefix(tenant, player)
     items: list[RestoreItem] = []
     for suffix, state in states.items():
@@ -831,11 +862,6 @@ def player_restore_items(
         for start in range(0, len(pairs), MAX_FIELDS_PER_HSET):
             flat = [part for pair in pairs[start : start + MAX_FIELDS_PER_HSET] for part in pair]
             items.append((prefix + suffix, "hash", flat, expire_at_ms))
-    for transaction_key, (mapped_player, expire_at_s) in keymap.items():
-        if expire_at_s * 1_000_000 > now_us:
-            items.append(
-                (keymap_key(tenant, transaction_key), "map", mapped_player, str(expire_at_s))
-            )
     return items
 
 
@@ -898,6 +924,7 @@ async def rebuild(
             )
             now_us = time.time_ns() // 1000
             pending: list[RestoreItem] = []
+            global_keymap: GlobalKeymap = {}
             for records in collected.partitions:
                 for (tenant, player), currencies in group_by_player(records).items():
                     ordered: dict[str, list[JournalRecord]] = {}
@@ -915,12 +942,17 @@ async def rebuild(
                         # wg_next_seq increments this counter outside fx; the last seq restores it.
                         account_state.fields[f"seq:{currency}"] = str(last_seq)
                     restored_accounts += len(last_seqs)
-                    pending.extend(player_restore_items(tenant, player, states, keymap, now_us))
+                    merge_keymap(global_keymap, tenant, keymap)
+                    pending.extend(player_restore_items(tenant, player, states, now_us))
                     if len(pending) >= RESTORE_CHUNK_ITEMS:
                         await run_per_node(client, RESTORE_LUA, pending)
                         pending = []
-            if pending:
-                await run_per_node(client, RESTORE_LUA, pending)
+            # The key map is restored last, from every partition at once, so that a key used
+            # by two players goes to the one who used it first (memory: one entry per key).
+            pending.extend(keymap_restore_items(global_keymap, now_us))
+            for start in range(0, len(pending), RESTORE_CHUNK_ITEMS):
+                chunk = pending[start : start + RESTORE_CHUNK_ITEMS]
+                await run_per_node(client, RESTORE_LUA, chunk)
             progress.finish()
         finally:
             collected.partitions.close()

@@ -475,6 +475,19 @@ class StreamEntry:
 TRANSACTION_SUFFIX = "tx:"
 
 
+def other_transaction_keys(record_key: str, fx: Sequence[Sequence[str]]) -> list[str]:
+    """The transaction keys besides ``record_key`` whose records the call wrote (a cancel's
+    tombstone on the bet's key), which the key-to-player map covers as well."""
+    return sorted(
+        {
+            entry[0][len(TRANSACTION_SUFFIX) :]
+            for entry in fx
+            if entry[0].startswith(TRANSACTION_SUFFIX)
+            and entry[0] != TRANSACTION_SUFFIX + record_key
+        }
+    )
+
+
 def meta_of(
     record: Mapping[str, Any], stream: str, keymap_ttl_s: int, ts_us: int | None = None
 ) -> RecordMeta:
@@ -494,16 +507,7 @@ def meta_of(
         key=record["key"],
         protocol=record["protocol"],
         keymap_expire_at_s=expire_at_s,
-        other_keys=tuple(
-            sorted(
-                {
-                    entry[0][len(TRANSACTION_SUFFIX) :]
-                    for entry in record["fx"]
-                    if entry[0].startswith(TRANSACTION_SUFFIX)
-                    and entry[0] != TRANSACTION_SUFFIX + record["key"]
-                }
-            )
-        ),
+        other_keys=tuple(other_transaction_keys(record["key"], record["fx"])),
     )
 
 
