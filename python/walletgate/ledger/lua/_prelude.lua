@@ -16,6 +16,7 @@
 -- lets `walletgate journal rebuild` restore any script's state without knowing the script.
 
 local WG_FX = {}
+local WG_EXACT_DOUBLE_LIMIT = 9007199254740992 -- 2^53
 -- "wg:{T:P}:" (KEYS[1] ends in "acct"); empty for the few scripts that take no keys.
 local WG_PREFIX = ''
 if KEYS[1] then WG_PREFIX = string.sub(KEYS[1], 1, #KEYS[1] - 4) end
@@ -78,7 +79,14 @@ local function wg_add(key, field, delta)
   if type(result) == 'table' and result.err then
     return nil
   end
-  local value = redis.call('HGET', key, field)
+  -- The reply is a double: exact below 2^53, where it is formatted directly; beyond that the
+  -- field is read back as a string (one more call, only for huge balances).
+  local value
+  if result < WG_EXACT_DOUBLE_LIMIT and result > -WG_EXACT_DOUBLE_LIMIT then
+    value = string.format('%.0f', result)
+  else
+    value = redis.call('HGET', key, field)
+  end
   WG_FX[#WG_FX + 1] = {wg_suffix(key), field, value, '0'}
   return value
 end
@@ -87,10 +95,15 @@ local function wg_get(key, field)
   return redis.call('HGET', key, field) or '0'
 end
 
--- Microseconds since the epoch, from the server clock, as a string.
+-- Microseconds since the epoch, from the server clock, as a string. Read once per call: every
+-- record of one atomic call carries the same instant, and TIME is not free.
+local WG_NOW_US = nil
 local function wg_now_us()
-  local now = redis.call('TIME')
-  return now[1] .. string.format('%06d', tonumber(now[2]))
+  if not WG_NOW_US then
+    local now = redis.call('TIME')
+    WG_NOW_US = now[1] .. string.format('%06d', tonumber(now[2]))
+  end
+  return WG_NOW_US
 end
 
 -- Take the account's next journal sequence number (1, 2, 3, ...) as a string. Call it once per
