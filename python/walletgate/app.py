@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
@@ -26,7 +26,7 @@ from walletgate.ledger.connect import make_admin_client, make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings, as_str
 from walletgate.logs import AccessLog, configure_logging
 from walletgate.metrics import Metrics
-from walletgate.middleware import AccessMiddleware
+from walletgate.middleware import AccessMiddleware, Endpoint
 from walletgate.openapi import openapi_routes
 from walletgate.protocols import midas, minigame, transfer, wallet_v2
 from walletgate.protocols.common import GatewayContext
@@ -110,9 +110,25 @@ def create_app(
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(AccessMiddleware, metrics=metrics, access_log=access_log)],
+        middleware=[
+            Middleware(
+                AccessMiddleware,
+                metrics=metrics,
+                access_log=access_log,
+                post_endpoints=post_endpoints(routes),
+            )
+        ],
         lifespan=lifespan,
     )
+
+
+def post_endpoints(routes: list[BaseRoute]) -> dict[str, Endpoint]:
+    """The POST-only routes at fixed paths (every protocol endpoint but Wallet v2's)."""
+    endpoints: dict[str, Endpoint] = {}
+    for route in routes:
+        if isinstance(route, Route) and "{" not in route.path and route.methods == {"POST"}:
+            endpoints[route.path] = route.endpoint
+    return endpoints
 
 
 async def _publish_metrics(metrics: Metrics) -> None:
