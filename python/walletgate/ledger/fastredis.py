@@ -41,6 +41,9 @@ from walletgate.ledger.scripts import Script
 # in-flight bound caps how many are outstanding, so reaching this means a runaway reply (or a
 # peer that is not Redis); the connection is dropped rather than buffering without limit.
 MAX_REPLY_BUFFER_BYTES: Final = 64 * 1024 * 1024
+# Commands written together at most: a bound on how long Redis works before the first of them
+# gets its reply, and what lets this process and Redis work at the same time (see send()).
+MAX_BATCH_COMMANDS: Final = 8
 
 # Reconnect backoff after a failed attempt: the first retry after a drop is immediate, then the
 # pause doubles up to the maximum. While it runs, callers fail at once instead of queueing
@@ -313,12 +316,19 @@ class _Wire(asyncio.Protocol):
             return future
         self._pending.append(future)
         self._out.append(packed)
-        if not self._flush_scheduled:
+        if len(self._out) >= MAX_BATCH_COMMANDS:
+            # A full batch goes out now instead of at the end of the tick, so that Redis starts
+            # on it while this process still parses the rest of the tick's requests; one batch
+            # per tick would make the two take turns instead of working at the same time.
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
+        # A flush forced by a full batch may run before the scheduled one; that one then finds
+        # an empty or fresh batch, which is harmless.
         self._flush_scheduled = False
         out = self._out
         if self.broken or not out:
