@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
 from walletgate.health import health_routes
+from walletgate.journal.observer import JournalObserver
 from walletgate.journal.writer import JournalWriter, WriterSettings, keymap_key
 from walletgate.ledger.connect import make_admin_client, make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings, as_str
@@ -34,12 +35,13 @@ from walletgate.protocols.common import GatewayContext
 CONFIG_ENV = "WALLETGATE_CONFIG"
 METRICS_DIR_ENV = "WALLETGATE_METRICS_DIR"
 ACCESS_LOG_ENV = "WALLETGATE_ACCESS_LOG"
+JOURNAL_SIDECAR_ENV = "WALLETGATE_JOURNAL_SIDECAR"
 METRICS_PUBLISH_INTERVAL_MS = 1000
 
 
 class State(TypedDict):
     context: GatewayContext
-    journal_writer: JournalWriter | None
+    journal_writer: JournalWriter | JournalObserver | None
 
 
 def ledger_settings(config: Config) -> LedgerSettings:
@@ -57,7 +59,10 @@ def create_app(
     metrics_dir: Path | None = None,
     access_log: AccessLog | None = None,
     run_journal_writer: bool | None = None,
+    journal_sidecar: bool = False,
 ) -> Starlette:
+    """The gateway app. ``journal_sidecar``: the journal writer runs as a process of its own
+    (``walletgate serve`` starts it), and this app only reports its status."""
     metrics = Metrics(snapshot_dir=metrics_dir)
     access_log = access_log if access_log is not None else AccessLog()
     runner = make_runner(config.redis)
@@ -65,9 +70,11 @@ def create_app(
     ledger = Ledger(runner, ledger_settings(config))
     context = GatewayContext(config=config, ledger=ledger, metrics=metrics)
     writer_enabled = config.journal.enabled if run_journal_writer is None else run_journal_writer
-    writer = (
-        JournalWriter(admin_client, WriterSettings.from_config(config)) if writer_enabled else None
-    )
+    writer: JournalWriter | JournalObserver | None = None
+    if writer_enabled:
+        writer = JournalWriter(admin_client, WriterSettings.from_config(config))
+    elif config.journal.enabled and journal_sidecar:
+        writer = JournalObserver(admin_client, WriterSettings.from_config(config))
 
     async def key_to_player(tenant: str, key: str) -> str | None:
         """The journal writer's key-to-player map: a key is there once its record is on disk."""
@@ -144,6 +151,11 @@ def app_from_env() -> Any:
     config = load_config(os.environ[CONFIG_ENV])
     metrics_dir = os.environ.get(METRICS_DIR_ENV)
     access_log = AccessLog(enabled=os.environ.get(ACCESS_LOG_ENV, "1") != "0")
+    sidecar = os.environ.get(JOURNAL_SIDECAR_ENV) == "1"
     return create_app(
-        config, metrics_dir=Path(metrics_dir) if metrics_dir else None, access_log=access_log
+        config,
+        metrics_dir=Path(metrics_dir) if metrics_dir else None,
+        access_log=access_log,
+        run_journal_writer=False if sidecar else None,
+        journal_sidecar=sidecar,
     )

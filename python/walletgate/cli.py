@@ -4,14 +4,64 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from walletgate import __version__
 from walletgate.config import Config, ConfigError, load_config
 
 EXIT_CONFIG_ERROR = 2
+SIDECAR_STOP_TIMEOUT_S = 30.0
+SIDECAR_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+class JournalSidecar:
+    """The journal writer as a process of its own beside the Granian workers, restarted when it
+    dies, so that journal encoding and fsync never take a worker's GIL from its requests."""
+
+    def __init__(self, config_path: str) -> None:
+        self.command = [sys.executable, "-m", "walletgate.journal.writer", "--config", config_path]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._supervise, name="journal-sidecar", daemon=True)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command)
+        self.thread.start()
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            process = self.process
+            assert process is not None
+            code = process.wait()
+            if self.stopping.is_set():
+                return
+            delay_s = SIDECAR_RESTART_BACKOFF_S[min(failures, len(SIDECAR_RESTART_BACKOFF_S) - 1)]
+            failures += 1
+            print(
+                f"walletgate: journal writer exited ({code}); restarting in {delay_s} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self.stopping.wait(delay_s):
+                return
+            self.process = subprocess.Popen(self.command)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=SIDECAR_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _config_path(arguments: argparse.Namespace) -> str:
@@ -38,6 +88,10 @@ def serve(
     os.environ["WALLETGATE_ACCESS_LOG"] = "1" if access_log else "0"
     metrics_dir = tempfile.mkdtemp(prefix="walletgate-metrics-")
     os.environ["WALLETGATE_METRICS_DIR"] = metrics_dir
+    sidecar = JournalSidecar(config_path) if config.journal.enabled else None
+    if sidecar is not None:
+        os.environ["WALLETGATE_JOURNAL_SIDECAR"] = "1"
+        sidecar.start()
     server = Granian(
         target="walletgate.app:app_from_env",
         factory=True,
@@ -53,7 +107,11 @@ def serve(
         log_access=False,
         respawn_failed_workers=True,
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
