@@ -1,0 +1,181 @@
+"""CI smoke of the benchmarks: ``bench/run --quick`` and a short headless locust run.
+
+Both drive a real ``walletgate serve`` over a real redis-server. They check correctness, not
+speed: bench/run's money check and ``walletgate journal verify`` must pass with zero non-success
+answers, and every locust request must count as a success (bad-signature probes included,
+since the expected rejection is a success for them).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import RedisServer, free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+ADMIN_TOKEN = "smoke-admin-token-0123456789abcdef0123"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(REPO / "python"), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.update(extra)
+    return env
+
+
+@pytest.mark.timeout(120)
+def test_bench_run_quick(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk)")
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "run"), "--quick", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = orjson.loads((run_dir / "results.json").read_bytes())
+    assert results["money_check"]["ok"], results["money_check"]
+    assert results["money_check"]["requests_applied"] > 0
+    assert results["journal_verify"]["exit_code"] == 0, results["journal_verify"]
+    assert results["verdict"]["nonsuccess_all_phases"] == 0, results["walletgate"]
+    assert results["walletgate"] and results["bare"]
+    for run in results["walletgate"] + results["bare"]:
+        assert run["requests"] > 0
+        assert run["latency_ms"]["p99"] >= run["latency_ms"]["p50"] > 0
+    assert (run_dir / "results.md").exists()
+    assert (run_dir / "throughput.png").stat().st_size > 0
+    assert (run_dir / "latency.png").stat().st_size > 0
+
+
+def _config(directory: Path, redis_url: str, port: int) -> Path:
+    text = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+workers = 1
+
+[redis]
+url = "{redis_url}"
+
+[journal]
+dir = "{directory / "journal"}"
+flush_interval_ms = 50
+
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[[minigame.merchants]]
+app_id = "10013"
+key = "39a6581c31ef3203a22edb2daa2ab6d1"
+default_currency = "usdt"
+currencies = ["usdt", "usd"]
+prefix = "both"
+
+[[transfer.merchants]]
+appid = "1005"
+key = "transfer-key-3f9a7c1e5d2b4a6c8e0f"
+default_currency = "usdt"
+currencies = ["usdt"]
+
+[[wallet_v2.agents]]
+wallet_token = "smoke_wallet_token"
+currencies = ["USD"]
+ip_allowlist = []
+
+[[midas.apps]]
+appid = "wx1234567"
+offer_id = "12345678"
+app_key = "zNLgAGgqsEWJOg1nFVaO5r7fAlIQxr1u"
+sandbox_app_key = "sandbox-app-key-7d1c3b5a9e2f4d6c"
+access_tokens = ["ACCESSTOKEN"]
+"""
+    path = directory / "walletgate.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path, fresh_redis: RedisServer) -> Iterator[tuple[Path, int]]:
+    """``walletgate serve`` on a free port over the test's own redis-server."""
+    port = free_port()
+    config = _config(tmp_path, fresh_redis.url, port)
+    log = (tmp_path / "walletgate.log").open("wb")
+    argv = [sys.executable, "-m", "walletgate.cli", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        [*argv, "--no-access-log"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, 30)
+        time.sleep(0.5)  # the worker binds after the main process
+        assert process.poll() is None, (tmp_path / "walletgate.log").read_text()
+        yield config, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+@pytest.mark.timeout(90)
+def test_locust_headless(tmp_path: Path, served: tuple[Path, int]) -> None:
+    config, port = served
+    prefix = tmp_path / "locust"
+    users = 8  # 2 of each of the 4 classes
+    argv = [sys.executable, "-m", "locust", "-f", str(BENCH / "locustfile.py")]
+    argv += ["--config", str(BENCH / "locust.conf"), "--headless"]
+    argv += ["--host", f"http://127.0.0.1:{port}", "-u", str(users), "-r", str(users)]
+    argv += ["-t", "5s", "--csv", str(prefix)]
+    completed = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=_env(
+            WALLETGATE_CONFIG=str(config),
+            WALLETGATE_BENCH_BAD_SIGN_RATE="0.2",
+            WALLETGATE_BENCH_DUP_RATE="0.2",
+            WALLETGATE_BENCH_PLAYERS="4",
+        ),
+        cwd=REPO,
+        timeout=80,
+        check=False,
+    )
+    output = completed.stdout[-4000:] + completed.stderr[-4000:]
+    stats_path = Path(f"{prefix}_stats.csv")
+    assert stats_path.exists(), output
+    with stats_path.open(newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    with Path(f"{prefix}_failures.csv").open(newline="") as handle:
+        failures = list(csv.DictReader(handle))
+    assert not failures, failures
+    assert completed.returncode == 0, output
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) > 50, output
+    assert int(total["Failure Count"]) == 0
+    for family in ("minigame", "wallet_v2", "midas", "transfer"):
+        assert any(name.startswith(family) for name in rows), (family, sorted(rows))
+    bad_sign = [row for name, row in rows.items() if name.startswith("[bad sign]")]
+    assert sum(int(row["Request Count"]) for row in bad_sign) > 0, sorted(rows)
+    assert any(name.startswith("[retry]") for name in rows), sorted(rows)
