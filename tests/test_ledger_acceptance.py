@@ -123,7 +123,7 @@ RACE_PLAYER = "race-1"
 RACE_DEBITS = 400
 RACE_AFFORDABLE = 100
 RACE_BET = 1 * UNIT  # money "-1"
-RACE_SPREAD_S = 0.2  # the debits start at random times within this window, and overlap
+RACE_SPREAD_S = 1.0  # the debits start at random times within this window, and overlap
 
 
 def test_400_concurrent_debits_against_a_balance_of_100(backend: Backend, tmp_path: Path) -> None:
