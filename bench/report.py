@@ -203,7 +203,7 @@ def markdown(results: dict[str, Any]) -> str:
         )
     cpu_rows = [
         f"| {run['name']} | {_fmt(run['rps'], 0)} | {cores.get('server')} | "
-        f"{_fmt(1e6 * cores['server'] / run['rps'] if run['rps'] else None, 0)} | "
+        f"{cores.get('journal', '–')} | {_per_request(cores, run['rps'])} | "
         f"{cores.get('redis', '–')} | {cores.get('wrk')} | {cores.get('irq', '–')} | "
         f"{cores.get('other')} | {cores.get('steal', '–')} | {cores.get('machine_busy')} | "
         f"{_threads(cores)} |"
@@ -213,13 +213,15 @@ def markdown(results: dict[str, Any]) -> str:
     if cpu_rows:
         lines += [
             "",
-            "CPU cores used during each measured run, from /proc: irq is interrupt time "
+            "CPU cores used during each measured run, from /proc: server is `walletgate serve` "
+            "and its workers, journal the journal-writer sidecar (when serve runs one), irq is "
+            "interrupt time "
             "(loopback networking, charged to no process), other is every other process on "
             "the machine (concurrent jobs), steal is time the hypervisor gave away:",
             "",
-            "| run | req/s | server | server µs/req | redis | wrk | irq | other | steal "
-            "| machine busy | worker threads |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| run | req/s | server | journal | gateway µs/req | redis | wrk | irq | other "
+            "| steal | machine busy | worker threads |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             *cpu_rows,
         ]
     details = []
@@ -261,6 +263,13 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _per_request(cores: dict[str, float], rps: float) -> str:
+    """CPU µs per request of the gateway: the serve process, its workers, the journal sidecar."""
+    if not rps:
+        return "–"
+    return _fmt(1e6 * (cores["server"] + cores.get("journal", 0.0)) / rps, 0)
+
+
 def _threads(cores: dict[str, float]) -> str:
     """The worker threads' cores, busiest first: "loop 0.93, tokio-rt-worker 0.21"."""
     threads = sorted(
@@ -294,6 +303,20 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
         lines += [
             f"| {item['percent']:.1f} | {item['samples']:,} | `{item['name']}` |"
             for item in profile.get(key, [])
+        ]
+    sidecar = profile.get("journal_sidecar")
+    if sidecar and sidecar.get("samples"):
+        lines += [
+            "",
+            f"### Journal sidecar {sidecar.get('pids')}: {sidecar['samples']:,} samples, GIL "
+            f"held {sidecar.get('busy_share')} of the time",
+            "",
+            "| % | samples | where |",
+            "|---:|---:|---|",
+        ]
+        lines += [
+            f"| {item['percent']:.1f} | {item['samples']:,} | `{item['name']}` |"
+            for item in sidecar.get("self_by_function", [])[:15]
         ]
     return lines
 
