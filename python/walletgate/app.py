@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
@@ -115,18 +116,35 @@ def create_app(
             await runner.close()
             await admin_client.aclose()
 
-    return Starlette(
+    return Gateway(
         routes=routes,
-        middleware=[
-            Middleware(
-                AccessMiddleware,
-                metrics=metrics,
-                access_log=access_log,
-                post_endpoints=post_endpoints(routes),
-            )
-        ],
+        outer_middleware=Middleware(
+            AccessMiddleware,
+            metrics=metrics,
+            access_log=access_log,
+            post_endpoints=post_endpoints(routes),
+            max_body_bytes=config.server.max_body_bytes,
+        ),
         lifespan=lifespan,
     )
+
+
+class Gateway(Starlette):
+    """Starlette with one middleware outside its own error middleware.
+
+    Starlette always wraps user middleware in ``ServerErrorMiddleware``; the access middleware
+    goes outside it instead, so that the protocol endpoints it dispatches directly pay for no
+    wrapper at all. It answers escaped exceptions itself (a bare 500, never a trace).
+    """
+
+    def __init__(self, *, outer_middleware: Middleware, **options: Any) -> None:
+        super().__init__(**options)
+        self.outer_middleware = outer_middleware
+
+    def build_middleware_stack(self) -> ASGIApp:
+        factory, args, kwargs = self.outer_middleware
+        outer: ASGIApp = factory(super().build_middleware_stack(), *args, **kwargs)
+        return outer
 
 
 def post_endpoints(routes: list[BaseRoute]) -> dict[str, Endpoint]:

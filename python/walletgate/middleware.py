@@ -2,9 +2,10 @@
 direct dispatch of the protocol endpoints.
 
 The protocol endpoints are POST routes at fixed paths. Dispatching them here, with one dict
-lookup, skips Starlette's route matching and its per-route wrappers, which cost more per request
-than everything else the gateway adds; every other path (admin, health, path parameters, wrong
-methods) goes through the Starlette router as usual.
+lookup, skips Starlette's error middleware, route matching and per-route wrappers, and its
+request stream and response sending, which together cost more per request than the protocol
+work itself; every other path (admin, health, path parameters, wrong methods) goes through the
+Starlette router as usual.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from walletgate.logs import AccessLog
 from walletgate.metrics import Metrics
-from walletgate.protocols.common import LOG_SCOPE_KEY
+from walletgate.protocols.common import LOG_SCOPE_KEY, BodyRequest, read_bounded
 
 logger = logging.getLogger("walletgate")
 FALLBACK_BODY = b'{"error":"internal"}'
@@ -30,6 +31,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class AccessMiddleware:
     """Times each HTTP request, counts it, and emits one JSON access-log line.
 
+    It is the outermost layer (``app.Gateway`` puts it outside Starlette's error middleware), so
+    the protocol endpoints it dispatches directly see Granian's own ``receive`` and ``send``.
     Handlers catch their own errors and answer in their protocol's envelope; an exception that
     still escapes is logged here and answered with a bare 500 without details, never a trace.
     """
@@ -40,39 +43,54 @@ class AccessMiddleware:
         metrics: Metrics,
         access_log: AccessLog,
         post_endpoints: Mapping[str, Endpoint] | None = None,
+        max_body_bytes: int = 0,
     ) -> None:
+        assert max_body_bytes > 0 or not post_endpoints, "direct dispatch needs a body bound"
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
         self.post_endpoints = dict(post_endpoints or {})
+        self.max_body_bytes = max_body_bytes
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Call a protocol endpoint directly when the path and method are its own."""
-        endpoint = self.post_endpoints.get(scope["path"]) if scope["method"] == "POST" else None
-        if endpoint is None:
-            await self.app(scope, receive, send)
-            return
-        response = await endpoint(Request(scope, receive))
-        await response(scope, receive, send)
+    async def _direct(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, status: list[int]
+    ) -> None:
+        """Read the body, call the endpoint, send its answer; ``status`` gets the status sent
+        (before sending, so that a failed send is not followed by a second answer)."""
+        body = await read_bounded(receive, self.max_body_bytes)
+        response = await endpoint(BodyRequest(scope, receive, body))
+        status[0] = response.status_code
+        await send(
+            {"type": "http.response.start", "status": status[0], "headers": response.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _routed(self, scope: Scope, receive: Receive, send: Send, status: list[int]) -> None:
+        """Everything else goes through the Starlette router; ``status`` gets the status sent."""
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_holder = [0]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
-            await send(message)
-
+        status = [0]
+        endpoint = self.post_endpoints.get(scope["path"]) if scope["method"] == "POST" else None
         try:
-            await self._dispatch(scope, receive, send_wrapper)
+            if endpoint is not None:
+                await self._direct(endpoint, scope, receive, send, status)
+            else:
+                await self._routed(scope, receive, send, status)
         except Exception:
             logger.exception("unhandled error on %s", scope.get("path", "?"))
-            if status_holder[0] == 0:
-                status_holder[0] = 500
+            if status[0] == 0:
+                status[0] = 500
                 await send(
                     {
                         "type": "http.response.start",
@@ -86,16 +104,18 @@ class AccessMiddleware:
         if info is None:
             return
         family = str(info["family"])
-        endpoint = str(info["endpoint"])
-        labels = (("family", family), ("endpoint", endpoint))
+        endpoint_name = str(info["endpoint"])
+        labels = (("family", family), ("endpoint", endpoint_name))
         self.metrics.inc("requests_total", (*labels, ("result", str(info["result"]))))
         self.metrics.observe("request_duration_seconds", labels, elapsed_s)
+        if not self.access_log.enabled:
+            return
         record = {
             "ts": time.time(),
             "family": family,
-            "endpoint": endpoint,
+            "endpoint": endpoint_name,
             "result": info["result"],
-            "status": status_holder[0],
+            "status": status[0],
             "latency_ms": round(elapsed_s * 1000, 3),
         }
         record.update(info["refs"])

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from walletgate import _native
 from walletgate.config import Config
@@ -39,8 +40,63 @@ class BodyTooLarge(Exception):
     """The body exceeds ``max_body_bytes``; the protocol answers its malformed-input code."""
 
 
+class BodyRequest(Request):
+    """A request whose body the dispatcher has already read (``None``: it was too large).
+
+    The access middleware reads the body of a protocol endpoint straight from ASGI ``receive``,
+    which costs less than Starlette's stream generator; :func:`read_body` then only hands it on.
+    """
+
+    def __init__(self, scope: Scope, receive: Receive, body: bytes | None) -> None:
+        super().__init__(scope, receive)
+        self.preread_body = body
+
+
+class JsonResponse(Response):
+    """A JSON body with the two headers every protocol answer carries, built without Starlette's
+    generic header logic (the protocol endpoints answer thousands of times a second)."""
+
+    media_type = JSON_MEDIA_TYPE
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"content-type", b"application/json"),
+        ]
+
+
+async def read_bounded(receive: Receive, max_body_bytes: int) -> bytes | None:
+    """The whole body from ASGI ``receive``, or ``None`` once it exceeds ``max_body_bytes``
+    (the rest is not read: the connection answers and is done with the request)."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if len(body) > max_body_bytes:
+        return None
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # a disconnect: what arrived is all there is, and nobody reads the answer
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_body(request: Request, max_body_bytes: int) -> bytes:
     """The raw body, read once and never beyond ``max_body_bytes`` (raises BodyTooLarge)."""
+    if isinstance(request, BodyRequest):
+        if request.preread_body is None or len(request.preread_body) > max_body_bytes:
+            raise BodyTooLarge
+        return request.preread_body
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_body_bytes):
         raise BodyTooLarge
@@ -71,7 +127,7 @@ def parse_object(raw: bytes) -> dict[str, Any] | None:
 
 
 def json_response(payload: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status_code, media_type=JSON_MEDIA_TYPE)
+    return JsonResponse(orjson.dumps(payload), status_code)
 
 
 def empty_response(status_code: int) -> Response:

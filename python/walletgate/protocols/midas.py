@@ -40,9 +40,9 @@ from walletgate.ledger import midas as ledger_midas
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.midas import MidasSession, MoneyResult, SessionCache
 from walletgate.protocols.common import (
-    JSON_MEDIA_TYPE,
     BodyTooLarge,
     GatewayContext,
+    JsonResponse,
     is_int,
     note,
     parse_object,
@@ -163,7 +163,7 @@ class _Midas:
                 code, payload = -1, None
             note(request, FAMILY, label, code, bill_no=refs.get("bill_no"))
             body = _ERROR_BODIES[code] if payload is None else orjson.dumps(payload)
-            return Response(body, status_code=200, media_type=JSON_MEDIA_TYPE)
+            return JsonResponse(body)
 
         return handle
 

@@ -28,9 +28,9 @@ from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import lookup_session
 from walletgate.protocols.common import (
     INT64_MAX,
-    JSON_MEDIA_TYPE,
     BodyTooLarge,
     GatewayContext,
+    JsonResponse,
     note,
     parse_object,
     read_body,
@@ -117,18 +117,18 @@ class _Merchant:
 
 
 def error_response(code: int) -> Response:
-    return Response(_ERROR_BODIES[code], media_type=JSON_MEDIA_TYPE)
+    return JsonResponse(_ERROR_BODIES[code])
 
 
 def balance_response(units: int) -> Response:
     body = _OK_HEAD + _native.format_units(units).encode("ascii") + _OK_TAIL
-    return Response(body, media_type=JSON_MEDIA_TYPE)
+    return JsonResponse(body)
 
 
 def stored_response(code: int, msg: str, units: int) -> Response:
     if code == 1:
         return balance_response(units)
-    return Response(orjson.dumps({"code": code, "msg": msg}), media_type=JSON_MEDIA_TYPE)
+    return JsonResponse(orjson.dumps({"code": code, "msg": msg}))
 
 
 def render_stored(record: Mapping[str, str]) -> dict[str, Any]:
@@ -363,7 +363,7 @@ class _Handlers:
             "code": 1,
             "msg": "ok",
         }
-        return Response(orjson.dumps(payload), media_type=JSON_MEDIA_TYPE)
+        return JsonResponse(orjson.dumps(payload))
 
     # -- get_balance ---------------------------------------------------------------------------
 

@@ -35,9 +35,9 @@ from walletgate.ledger import transfer as ledger_transfer
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.protocols.common import (
     INT64_MAX,
-    JSON_MEDIA_TYPE,
     BodyTooLarge,
     GatewayContext,
+    JsonResponse,
     is_int,
     json_response,
     note,
@@ -221,7 +221,7 @@ class _TransferApi:
 
     @staticmethod
     def _error(code: int) -> Response:
-        return Response(_ERROR_BODIES[code], status_code=200, media_type=JSON_MEDIA_TYPE)
+        return JsonResponse(_ERROR_BODIES[code])
 
     async def _authenticate(self, request: Request) -> tuple[TransferMerchant, Body]:
         try:
