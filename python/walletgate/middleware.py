@@ -57,7 +57,12 @@ class AccessMiddleware:
     ) -> None:
         """Read the body, call the endpoint, send its answer; ``status`` gets the status sent
         (before sending, so that a failed send is not followed by a second answer)."""
-        body = await read_bounded(receive, self.max_body_bytes)
+        # A declared length over the bound is answered without reading the body at all.
+        body = (
+            None
+            if _declared_too_large(scope["headers"], self.max_body_bytes)
+            else await read_bounded(receive, self.max_body_bytes)
+        )
         response = await endpoint(BodyRequest(scope, receive, body))
         status[0] = response.status_code
         await send(
@@ -120,3 +125,11 @@ class AccessMiddleware:
         }
         record.update(info["refs"])
         self.access_log.emit(record)
+
+
+def _declared_too_large(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> bool:
+    """A ``content-length`` header that is not a number or exceeds ``max_body_bytes``."""
+    for name, value in headers:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > max_body_bytes
+    return False

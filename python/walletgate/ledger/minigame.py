@@ -7,8 +7,7 @@ cancel model, award bookkeeping, round close, the stored outcome and its journal
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from walletgate.ledger import keys
 from walletgate.ledger.core import Ledger, as_str, fingerprint
@@ -22,9 +21,9 @@ _STATUSES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeResult:
-    """What the script did.
+class ChangeResult(NamedTuple):
+    """What the script did (a named tuple: built once per request, and a frozen dataclass costs
+    several times more to construct).
 
     ``code``/``msg``/``balance_units`` are the response to send for applied, rejected and replay
     (the stored ones on a replay). ``effect`` is debit|credit|refund|noop|tombstone on applied.
@@ -108,19 +107,22 @@ def _text(value: Any) -> str:
 
 
 def _change_result(reply: Sequence[Any]) -> ChangeResult:
-    status, code, balance, msg, *rest = [_text(value) for value in reply]
+    status = _text(reply[0])
     assert status in _STATUSES, status
     if status == "applied":
+        # The hot path: a debit or credit answers "1", its balance and "ok"; only the effect
+        # and the anomaly counters need reading.
         return ChangeResult(
             "applied",
-            int(code),
-            int(balance),
-            msg,
-            rest[0],
-            rest[1] == "1",
-            int(rest[2]),
-            int(rest[3]),
+            int(reply[1]),
+            int(reply[2]),
+            _text(reply[3]),
+            _text(reply[4]),
+            reply[5] in (b"1", "1"),
+            int(reply[6]),
+            int(reply[7]),
         )
+    code, balance, msg, *rest = [_text(value) for value in reply[1:]]
     if status == "replay":
         stored_type = rest[1]
         return ChangeResult(

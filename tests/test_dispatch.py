@@ -1,0 +1,226 @@
+"""The access middleware's direct dispatch of protocol endpoints, driven with raw ASGI messages.
+
+``create_app`` puts the access middleware outside Starlette's error middleware and has it read
+the body of a protocol POST straight from ``receive``. These tests send what an HTTP server
+sends (a body split over several ``http.request`` messages, a body over the limit, a wrong
+method) and check the answer, the access-log record and that nothing is applied on rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway_helpers import MINIGAME_KEY, make_config
+from walletgate import _native
+from walletgate.app import create_app
+from walletgate.ledger.admin import adjust
+from walletgate.ledger.minigame import balances
+from walletgate.logs import AccessLog
+from walletgate.protocols.common import GatewayContext
+
+BET_PATH = "/api/balance/change_balance"
+QUERY = b"trace_id=dispatch-1"
+TENANT = "10013"
+PLAYER = "dispatch-player"
+FUNDING_UNITS = 1_000_000
+BET_UNITS = 10_000  # "money": "-1" is one whole unit of 4 decimals
+
+
+class CapturedLog(AccessLog):
+    """An access log that keeps its records instead of writing them."""
+
+    def __init__(self) -> None:
+        super().__init__(fd=-1, enabled=True)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def bet_body(order_id: str, padding: str = "") -> bytes:
+    body: dict[str, Any] = {
+        "app_id": TENANT,
+        "uname": PLAYER,
+        "currency": "usdt",
+        "money": "-1",
+        "bet": "1",
+        "type": 1,
+        "order_id": order_id,
+        "session_id": "round-1",
+        "timestamp": 1721130791,
+        "end_round": False,
+    }
+    if padding:
+        body["game_note"] = padding
+    return orjson.dumps(body)
+
+
+def scope_for(method: str, path: str, body: bytes, *, declare_length: bool) -> dict[str, Any]:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"sign", _native.minigame_sign(QUERY, body, MINIGAME_KEY.encode()).encode()),
+    ]
+    if declare_length:
+        headers.append((b"content-length", str(len(body)).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": QUERY,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8080),
+    }
+
+
+async def call(
+    app: Any, scope: dict[str, Any], chunks: list[bytes]
+) -> tuple[int, bytes, list[dict[str, Any]], int]:
+    """Run one request: (status, body, the messages sent, how many receive() calls were made)."""
+    incoming = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+    received = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(3600)  # a client that sends nothing more
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body, sent, received
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    tmp_path: Path, redis_url: str
+) -> AsyncIterator[tuple[Any, CapturedLog, GatewayContext]]:
+    log = CapturedLog()
+    app = create_app(
+        make_config(tmp_path / "journal", redis_url), access_log=log, run_journal_writer=False
+    )
+    async with app.router.lifespan_context(app) as state:
+        context: GatewayContext = state["context"]
+        funded = await adjust(
+            context.ledger,
+            tenant=TENANT,
+            player=PLAYER,
+            currency="usdt",
+            amount_units=FUNDING_UNITS,
+            ref="fund-dispatch",
+            kind="adjust",
+        )
+        assert funded.outcome == "applied"
+        yield app, log, context
+
+
+def test_body_in_several_messages_is_applied_once(tmp_path: Path, redis_url: str) -> None:
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url) as (app, log, _):
+            body = bet_body("split-1")
+            chunks = [body[:10], body[10:40], body[40:]]
+            status, answer, sent, _ = await call(
+                app, scope_for("POST", BET_PATH, body, declare_length=False), chunks
+            )
+            assert status == 200
+            parsed = orjson.loads(answer)
+            assert parsed["code"] == 1, parsed
+            assert parsed["data"]["balance"] == _native.format_units(FUNDING_UNITS - BET_UNITS)
+            start = sent[0]
+            headers = dict(start["headers"])
+            assert headers[b"content-type"] == b"application/json"
+            assert headers[b"content-length"] == str(len(answer)).encode()
+            assert [r["result"] for r in log.records] == [1]
+            assert log.records[0]["order_id"] == "split-1"
+            assert log.records[0]["status"] == 200
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("declare_length", [True, False])
+def test_body_over_the_limit_is_rejected_unread(
+    tmp_path: Path, redis_url: str, declare_length: bool
+) -> None:
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url) as (app, log, context):
+            limit = make_config(tmp_path / "j", redis_url).server.max_body_bytes
+            body = bet_body("too-big-1", padding="x" * 2 * limit)
+            assert len(body) > limit
+            piece = limit // 4
+            chunks = [body[i : i + piece] for i in range(0, len(body), piece)]
+            status, answer, _, received = await call(
+                app, scope_for("POST", BET_PATH, body, declare_length=declare_length), chunks
+            )
+            assert status == 200
+            assert orjson.loads(answer)["code"] == 10009
+            # A declared length over the limit is not read at all; otherwise reading stops at
+            # the first chunk past the limit and the rest is never buffered.
+            assert received == (0 if declare_length else 5)
+            assert [r["result"] for r in log.records] == [10009]
+            units = await balances(
+                context.ledger, tenant=TENANT, player=PLAYER, currencies=("usdt",)
+            )
+            assert units == [FUNDING_UNITS]
+
+    asyncio.run(scenario())
+
+
+def test_other_methods_and_paths_go_through_the_router(tmp_path: Path, redis_url: str) -> None:
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url) as (app, _, _):
+            status, _, _, _ = await call(
+                app, scope_for("GET", BET_PATH, b"", declare_length=True), [b""]
+            )
+            assert status == 405
+            status, _, _, _ = await call(
+                app, scope_for("GET", "/healthz", b"", declare_length=True), [b""]
+            )
+            assert status == 200
+
+    asyncio.run(scenario())
+
+
+def test_an_escaping_exception_gets_a_bare_500(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url) as (app, _, _):
+            middleware = app.build_middleware_stack()
+            assert BET_PATH in middleware.post_endpoints
+
+            async def broken(request: Any) -> Any:
+                raise RuntimeError("secret detail that must not leak")
+
+            monkeypatch.setitem(middleware.post_endpoints, BET_PATH, broken)
+            body = bet_body("broken-1")
+            status, answer, _, _ = await call(
+                middleware, scope_for("POST", BET_PATH, body, declare_length=True), [body]
+            )
+            assert status == 500
+            assert b"secret" not in answer
+            assert b"Traceback" not in answer
+            assert orjson.loads(answer) == {"error": "internal"}
+
+    asyncio.run(scenario())
