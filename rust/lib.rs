@@ -1,9 +1,11 @@
 //! walletgate's native core.
 //!
-//! The plain Rust modules [`money`], [`sign`] and [`json`] hold all the logic and their own tests.
+//! The plain Rust modules [`money`], [`sign`], [`json`] and [`journal`] hold all the logic and
+//! their own tests.
 //! The `py` module (feature `python`, on by default and always on in maturin builds) is the only
 //! place that touches PyO3: thin wrappers that map errors to `ValueError` / `OverflowError`.
 
+pub mod journal;
 pub mod json;
 pub mod money;
 pub mod sign;
@@ -15,8 +17,9 @@ mod py {
     use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::pybacked::PyBackedStr;
-    use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
+    use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
+    use crate::journal;
     use crate::json::{self, Builder, ParseError};
     use crate::money::{self, MoneyError};
     use crate::sign;
@@ -396,6 +399,117 @@ mod py {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Journal
+    // -----------------------------------------------------------------------------------------
+
+    /// Entries encoded between two chances for other threads to take the GIL.
+    const JOURNAL_ENTRIES_PER_GIL_SLICE: usize = 256;
+
+    /// An exact `int` within `i64` (a `bool` is refused: orjson writes it as `true`).
+    fn exact_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
+        obj.downcast_exact::<PyInt>().ok()?.extract().ok()
+    }
+
+    /// Encodes one `StreamEntry` natively: `Ok(None)` when the entry is not a flat list of
+    /// `bytes` fields with a `str` sid and an `int` bucket, or when [`journal::encode_record`]
+    /// leaves it to the reference path.
+    fn encode_journal_entry<'py>(
+        entry: &Bound<'py, PyAny>,
+        batch: Option<i64>,
+        keymap_ttl_s: i64,
+        meta_type: &Bound<'py, PyAny>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = entry.py();
+        let fields = entry.getattr(pyo3::intern!(py, "fields"))?;
+        let Ok(fields) = fields.downcast::<PyList>() else {
+            return Ok(None);
+        };
+        let items: Vec<Bound<'py, PyAny>> = fields.iter().collect();
+        let mut flat: Vec<&[u8]> = Vec::with_capacity(items.len());
+        for item in &items {
+            let Ok(bytes) = item.downcast::<PyBytes>() else {
+                return Ok(None);
+            };
+            flat.push(bytes.as_bytes());
+        }
+        let sid = entry.getattr(pyo3::intern!(py, "sid"))?;
+        let Some(sid_text) = sid
+            .downcast::<PyString>()
+            .ok()
+            .and_then(|s| s.to_str().ok())
+        else {
+            return Ok(None);
+        };
+        let Some(bucket) = exact_i64(&entry.getattr(pyo3::intern!(py, "bucket"))?) else {
+            return Ok(None);
+        };
+        let Some(info) = journal::encode_record(&flat, sid_text, bucket, batch, keymap_ttl_s, out)
+        else {
+            return Ok(None);
+        };
+        let other_keys = PyTuple::new(py, &info.other_keys)?;
+        let meta = meta_type.call1((
+            entry.getattr(pyo3::intern!(py, "stream"))?,
+            &sid,
+            info.tenant,
+            info.player,
+            info.currency,
+            info.seq,
+            info.key,
+            info.protocol,
+            info.keymap_expire_at_s,
+            false,
+            other_keys,
+        ))?;
+        Ok(Some(meta))
+    }
+
+    #[pyfunction]
+    #[pyo3(signature = (entries, batch, keymap_ttl_s, meta_type, fallback))]
+    fn encode_journal_batch<'py>(
+        py: Python<'py>,
+        entries: &Bound<'py, PyAny>,
+        batch: &Bound<'py, PyAny>,
+        keymap_ttl_s: &Bound<'py, PyAny>,
+        meta_type: &Bound<'py, PyAny>,
+        fallback: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyList>)> {
+        let batch_number = if batch.is_none() {
+            Some(None)
+        } else {
+            exact_i64(batch).map(Some)
+        };
+        let native = batch_number.zip(exact_i64(keymap_ttl_s));
+        let mut out: Vec<u8> = Vec::with_capacity(entries.len().unwrap_or(0) * 1024);
+        let metas = PyList::empty(py);
+        for (index, entry) in entries.try_iter()?.enumerate() {
+            let entry = entry?;
+            if index > 0 && index % JOURNAL_ENTRIES_PER_GIL_SLICE == 0 {
+                py.allow_threads(|| ());
+            }
+            let meta = match native {
+                Some((batch, ttl)) => {
+                    encode_journal_entry(&entry, batch, ttl, meta_type, &mut out)?
+                }
+                None => None,
+            };
+            let meta = match meta {
+                Some(meta) => meta,
+                None => {
+                    let (line, meta): (Bound<'py, PyBytes>, Bound<'py, PyAny>) =
+                        fallback.call1((&entry,))?.extract()?;
+                    out.extend_from_slice(line.as_bytes());
+                    meta
+                }
+            };
+            out.push(b'\n');
+            metas.append(meta)?;
+        }
+        Ok((PyBytes::new(py, &out), metas))
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Module
     // -----------------------------------------------------------------------------------------
 
@@ -421,6 +535,7 @@ mod py {
         m.add_function(wrap_pyfunction!(verify_midas_mp_sig, m)?)?;
         m.add_function(wrap_pyfunction!(hmac_sha256_hex, m)?)?;
         m.add_function(wrap_pyfunction!(constant_time_eq, m)?)?;
+        m.add_function(wrap_pyfunction!(encode_journal_batch, m)?)?;
         Ok(())
     }
 }

@@ -442,7 +442,8 @@ def test_sigkill_mid_flush_loses_and_duplicates_nothing(redis_url: str, tmp_path
         tmp_path / "walletgate.toml",
         redis_url,
         directory,
-        batch_records=400,
+        # Small cycles, so that six kills land while the backlog is still draining.
+        batch_records=100,
         segment_max_bytes=65536,
         flush_interval_ms=20,
     )
@@ -487,7 +488,7 @@ def test_sigkill_mid_flush_loses_and_duplicates_nothing(redis_url: str, tmp_path
         deadline = time.monotonic() + 20
         while pending_count(redis_url) == before and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.15))
+        time.sleep(rng.uniform(0.0, 0.05))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         kills += 1

@@ -1,11 +1,13 @@
-"""Native core of walletgate: exact money, strict JSON and request signatures.
+"""Native core of walletgate: exact money, strict JSON, request signatures and the journal
+writer's record encoder.
 
 Everything here is implemented in Rust (``rust/``). Only ``bytes``, ``str`` and ``int`` cross the
-boundary, plus :class:`JsonDecimal` for JSON numbers that are not integers.
+boundary, plus :class:`JsonDecimal` for JSON numbers that are not integers (and, for
+:func:`encode_journal_batch`, the writer's own entry objects and callbacks).
 """
 
-from collections.abc import Sequence
-from typing import Any, Final, final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar, final
 
 __all__ = [
     "MAX_UNITS",
@@ -16,6 +18,7 @@ __all__ = [
     "checked_add_units",
     "coins_to_units",
     "constant_time_eq",
+    "encode_journal_batch",
     "format_units",
     "hmac_sha256_hex",
     "midas_mp_sig",
@@ -134,4 +137,25 @@ def constant_time_eq(a: bytes | str, b: bytes | str) -> bool:
 
     A ``str`` is compared as its UTF-8 bytes, so ``"abc"`` equals ``b"abc"``; a ``str`` that
     cannot be encoded (lone surrogates) equals nothing.
+    """
+
+_Meta = TypeVar("_Meta")
+
+def encode_journal_batch(
+    entries: Iterable[Any],
+    batch: int | None,
+    keymap_ttl_s: int,
+    meta_type: Callable[..., _Meta],
+    fallback: Callable[[Any], tuple[bytes, _Meta]],
+) -> tuple[bytes, list[_Meta]]:
+    """The journal lines (each ended by a newline) and the metadata of pending-journal stream
+    entries: ``walletgate.journal.writer.encode_batch``.
+
+    Each entry is a ``StreamEntry`` (``bucket``, ``stream``, ``sid``, ``fields``). An entry whose
+    ``fields`` is a flat list of ``bytes`` is encoded natively when it is provably handled
+    exactly as the reference path does, and its metadata is
+    ``meta_type(stream, sid, tenant, player, currency, seq, key, protocol, keymap_expire_at_s,
+    False, other_keys)``. Every other entry (malformed ones included) is handed to
+    ``fallback(entry)``, which returns its line (without newline) and metadata; its exceptions
+    propagate. Other threads may take the GIL between slices of a long batch.
     """

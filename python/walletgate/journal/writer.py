@@ -30,7 +30,10 @@ second player is logged and counted in ``JournalStatus.cross_player_total``.
 Redis round trips. Reads, key-map updates and deletes are one Lua call per node (and bounded
 chunk), not one command per stream or record: a cluster has 16384 streams, and redis-py spends
 far more CPU packing commands than Redis spends running them. The scripts read keys of several
-slots of their own node (``allow-cross-slot-keys``), which needs Redis 7.
+slots of their own node (``allow-cross-slot-keys``), which needs Redis 7. A cycle reads all of a
+writer's shards at once and writes, maps and deletes their batches together, so its round trips
+(and trips to the file thread) do not grow with the number of shards. Records are encoded by the
+native core (``rust/journal.rs``), which leaves odd and malformed entries to the Python path.
 
 Usage in a gateway worker::
 
@@ -66,6 +69,7 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from walletgate import _native
 from walletgate.config import Config, ConfigError, RedisConfig, load_config
 from walletgate.ledger import keys
 
@@ -183,6 +187,11 @@ def family_of(protocol: str) -> str:
 # The last second formatted: records come in bursts within one second, and formatting a date is
 # most of the cost of a record. A tuple is replaced whole, so threads never see it half-written.
 _last_second: tuple[int, str] = (-1, "")
+
+
+# The times format_ts can print: 0001-01-01T00:00:00Z up to the end of 9999, in microseconds.
+MIN_TS_US = -62_135_596_800_000_000
+MAX_TS_US = 253_402_300_800_000_000
 
 
 def format_ts(ts_us: int) -> str:
@@ -312,6 +321,10 @@ def journal_record_and_ts(
     if missing:
         raise MalformedEntry(f"missing fields {', '.join(missing)}")
     ts_us = _integer(fields, "ts")
+    if not MIN_TS_US <= ts_us < MAX_TS_US:
+        # Redis' clock never gives such a time, but a record the journal cannot print must be
+        # quarantined like any malformed entry, not stop the writer on every retry.
+        raise MalformedEntry(f"ts {ts_us} is outside the years 1 to 9999")
     seq = _integer(fields, "seq")
     if seq < 1:
         raise MalformedEntry(f"seq {seq} is below 1")
@@ -707,27 +720,62 @@ class ShardFiles:
             self.lock_descriptor = None
 
 
-def encode_batch(
+def encode_entry(entry: StreamEntry, batch: int, keymap_ttl_s: int) -> tuple[bytes, RecordMeta]:
+    """One entry's journal line (without its newline) and metadata, the reference way: build the
+    record (or its quarantine line, logged, when the entry is malformed) and let orjson write it.
+    """
+    ts_us: int | None = None
+    try:
+        record, ts_us = journal_record_and_ts(entry.bucket, entry.sid, entry.fields, batch)
+    except (MalformedEntry, UnicodeDecodeError, TypeError, ValueError) as error:
+        logger.error(
+            "journal: stream entry %s of bucket %d is malformed: %s",
+            entry.sid,
+            entry.bucket,
+            error,
+        )
+        record = quarantine_record(entry.bucket, entry.sid, entry.fields, batch, str(error))
+    return orjson.dumps(record), meta_of(record, entry.stream, keymap_ttl_s, ts_us)
+
+
+def encode_batch_reference(
     entries: Sequence[StreamEntry], batch: int, keymap_ttl_s: int
 ) -> tuple[bytes, list[RecordMeta]]:
+    """:func:`encode_batch` by the reference path alone (for tests and ``bench/``)."""
     lines: list[bytes] = []
     metas: list[RecordMeta] = []
     for entry in entries:
-        ts_us: int | None = None
-        try:
-            record, ts_us = journal_record_and_ts(entry.bucket, entry.sid, entry.fields, batch)
-        except (MalformedEntry, UnicodeDecodeError, TypeError, ValueError) as error:
-            logger.error(
-                "journal: stream entry %s of bucket %d is malformed: %s",
-                entry.sid,
-                entry.bucket,
-                error,
-            )
-            record = quarantine_record(entry.bucket, entry.sid, entry.fields, batch, str(error))
-        lines.append(orjson.dumps(record))
-        metas.append(meta_of(record, entry.stream, keymap_ttl_s, ts_us))
+        line, meta = encode_entry(entry, batch, keymap_ttl_s)
+        lines.append(line)
+        metas.append(meta)
     lines.append(b"")
     return b"\n".join(lines), metas
+
+
+def encode_batch(
+    entries: Sequence[StreamEntry], batch: int, keymap_ttl_s: int
+) -> tuple[bytes, list[RecordMeta]]:
+    """The lines of a batch, each ended by a newline, and each record's metadata.
+
+    The native encoder writes the lines of well-formed entries straight from the stream's
+    bytes, as :func:`encode_entry` would (``tests/test_journal_encode.py`` holds it to the same
+    bytes); it hands every entry it cannot prove it handles identically, malformed ones
+    included, to :func:`encode_entry`.
+    """
+
+    def fallback(entry: StreamEntry) -> tuple[bytes, RecordMeta]:
+        return encode_entry(entry, batch, keymap_ttl_s)
+
+    return _native.encode_journal_batch(entries, batch, keymap_ttl_s, RecordMeta, fallback)
+
+
+def write_batch(
+    files: ShardFiles, entries: Sequence[StreamEntry], batch: int, keymap_ttl_s: int
+) -> tuple[list[RecordMeta], float]:
+    """Encode a batch and append it (one trip to the file thread): its metadata and the seconds
+    the write and fsync took."""
+    data, metas = encode_batch(entries, batch, keymap_ttl_s)
+    return metas, files.append(data)
 
 
 def check_layout(directory: Path, shards: int, buckets: int, cluster: bool) -> None:
@@ -810,6 +858,7 @@ end
 return out
 """
 MAX_STREAMS_PER_READ = 2048
+MAX_CACHED_STREAM_GROUPS = 8
 
 StreamPage = tuple[int, list[tuple[str, list[Any]]]]
 
@@ -870,6 +919,9 @@ class StreamReader:
         # Names travel as one newline-separated argument: packing thousands of arguments
         # would cost redis-py more CPU than Redis spends reading the streams.
         groups = [StreamGroup(node, names, "\n".join(names).encode()) for node, names in slices]
+        if len(self._groups) >= MAX_CACHED_STREAM_GROUPS:
+            # A writer reads under the set of shards it owns, which changes as writers come and go.
+            self._groups.clear()
         self._groups[group] = groups
         return groups
 
@@ -891,7 +943,10 @@ class StreamReader:
                 "EVAL", READ_STREAMS_LUA, *args, target_nodes=stream_group.node
             )
 
-        replies = await asyncio.gather(*(call(stream_group) for stream_group in calls))
+        if len(calls) == 1:
+            replies = [await call(calls[0])]
+        else:
+            replies = await asyncio.gather(*(call(stream_group) for stream_group in calls))
         pages: dict[str, StreamPage] = {}
         for stream_group, reply in zip(calls, replies, strict=True):
             for index in range(0, len(reply), 3):
@@ -932,13 +987,14 @@ MAX_ITEMS_PER_SCRIPT = 1000
 
 
 async def run_per_node(
-    client: RedisClient, script: str, items: Sequence[tuple[Any, ...]]
+    client: RedisClient, script: str, items: Sequence[tuple[Any, ...]], *, ordered: bool = False
 ) -> list[tuple[list[Any], Any]]:
     """Run ``script`` once per node (and per ``MAX_ITEMS_PER_SCRIPT`` items) with the JSON list
     of the items whose key (the first element) that node serves; returns (items, reply) pairs.
 
     One script call replaces a command per record, which redis-py would spend far more CPU
-    packing and parsing than Redis spends running them.
+    packing and parsing than Redis spends running them. Nodes run concurrently, and so do the
+    chunks of one node unless ``ordered``, which runs them one after the other in item order.
     """
     by_node: dict[str, tuple[Any, list[Any]]] = {}
     if isinstance(client, RedisCluster):
@@ -950,20 +1006,34 @@ async def run_per_node(
             by_node.setdefault(node.name, (node, []))[1].append(item)
     elif items:
         by_node[""] = (None, list(items))
-    calls = [
-        (node, grouped[start : start + MAX_ITEMS_PER_SCRIPT])
+    chunks_of_node = [
+        (
+            node,
+            [
+                grouped[start : start + MAX_ITEMS_PER_SCRIPT]
+                for start in range(0, len(grouped), MAX_ITEMS_PER_SCRIPT)
+            ],
+        )
         for node, grouped in by_node.values()
-        for start in range(0, len(grouped), MAX_ITEMS_PER_SCRIPT)
     ]
 
-    async def call(node: Any, chunk: list[Any]) -> Any:
+    async def call(node: Any, chunk: list[Any]) -> tuple[list[Any], Any]:
         argument = orjson.dumps(chunk)
         if node is None:
-            return await client.eval(script, 0, argument)
-        return await client.execute_command("EVAL", script, 0, argument, target_nodes=node)
+            return chunk, await client.eval(script, 0, argument)
+        return chunk, await client.execute_command("EVAL", script, 0, argument, target_nodes=node)
 
-    replies = await asyncio.gather(*(call(node, chunk) for node, chunk in calls))
-    return [(chunk, reply) for (_, chunk), reply in zip(calls, replies, strict=True)]
+    async def in_order(node: Any, chunks: list[list[Any]]) -> list[tuple[list[Any], Any]]:
+        return [await call(node, chunk) for chunk in chunks]
+
+    if ordered:
+        runs = [in_order(node, chunks) for node, chunks in chunks_of_node]
+    else:
+        runs = [in_order(node, [chunk]) for node, chunks in chunks_of_node for chunk in chunks]
+    if len(runs) == 1:
+        # One call needs no task of its own (a task is not free, at a few calls per cycle).
+        return await runs[0]
+    return [pair for pairs in await asyncio.gather(*runs) for pair in pairs]
 
 
 # --- The writer ------------------------------------------------------------------------------
@@ -976,7 +1046,6 @@ class OwnedShard:
     files: ShardFiles
     lease_trusted_until: float
     next_batch: int
-    rotation: int = 0
     last_seq: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # Records on disk whose key-map and XDEL steps have not completed yet.
     unfinished: list[RecordMeta] | None = None
@@ -987,6 +1056,50 @@ class ShardStats:
     pending: int
     oldest_ms: int
     updated_ms: int
+
+
+@dataclass(slots=True)
+class ShardRead:
+    """A shard's batch as read in one cycle: the batch number it gets once written, whether the
+    shard has more waiting, and its backlog after this batch (entries left, and a bound on the
+    oldest one's stream time)."""
+
+    shard: OwnedShard
+    entries: list[StreamEntry]
+    batch: int
+    more: bool = False
+    pending: int = 0
+    oldest_ms: int = 0
+
+
+@dataclass(slots=True)
+class ShardWrite:
+    """What the file thread did with a :class:`ShardRead`: its records' metadata once fsynced,
+    None when its lease was no longer trusted (nothing written), or the disk error."""
+
+    metas: list[RecordMeta] | None = None
+    flush_s: float = 0.0
+    error: OSError | None = None
+
+
+def write_batches(reads: Sequence[ShardRead], keymap_ttl_s: int) -> list[ShardWrite]:
+    """Write several shards' batches in one trip to the file thread, each in its own files.
+
+    A shard's lease is checked just before its batch is written, as when the loop wrote one
+    shard at a time; a disk error gives up that shard's batch only.
+    """
+    outcomes: list[ShardWrite] = []
+    for read in reads:
+        if time.monotonic() >= read.shard.lease_trusted_until:
+            outcomes.append(ShardWrite())
+            continue
+        try:
+            metas, flush_s = write_batch(read.shard.files, read.entries, read.batch, keymap_ttl_s)
+        except OSError as error:
+            outcomes.append(ShardWrite(error=error))
+            continue
+        outcomes.append(ShardWrite(metas, flush_s))
+    return outcomes
 
 
 class JournalWriter:
@@ -1012,6 +1125,7 @@ class JournalWriter:
         self._stream_of_bucket = dict(enumerate(streams))
         self._bucket_of_stream = {stream: bucket for bucket, stream in enumerate(streams)}
         self._reader = StreamReader(client)
+        self._rotation = 0
         # One thread does every file operation in order, so the event loop never waits on disk.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-files")
         self._owned: dict[int, OwnedShard] = {}
@@ -1023,6 +1137,7 @@ class JournalWriter:
         self._next_lease_check = 0.0
         self._next_status_refresh = 0.0
         self._stats: dict[int, ShardStats] = {}
+        self._stats_to_publish: dict[int, bytes] = {}
         self._pending_records = 0
         self._oldest_pending_age_s = 0.0
         self._last_flush_s = 0.0
@@ -1162,83 +1277,135 @@ class JournalWriter:
 
     async def _cycle(self) -> bool:
         """Flush one batch of every owned shard; True when some shard has more waiting."""
-        more = False
         await self._maybe_maintain_leases()
-        for shard in list(self._owned.values()):
-            if self._stop.is_set():
-                break
-            await self._maybe_maintain_leases()
-            if shard.number not in self._owned:
-                continue
-            try:
-                more = await self._flush_shard(shard) or more
-            except OSError as error:
-                # A failed write or fsync leaves the page cache in doubt: give the shard up, so it
-                # is taken again later through recovery, which reads what the disk really holds.
-                self._note_error(f"shard {shard.number}: disk error {error!r}")
-                await self._drop(shard, release_lease=True)
-                self._retry_after[shard.number] = (
-                    time.monotonic() + self._settings.max_backoff_ms / 1000
-                )
-            self._heartbeat_monotonic = time.monotonic()
+        more = False
+        if self._owned and not self._stop.is_set():
+            more = await self._flush_owned()
+        await self._publish_stats()
+        self._heartbeat_monotonic = time.monotonic()
         if time.monotonic() >= self._next_status_refresh:
             await self._refresh_status()
         return more
 
-    async def _flush_shard(self, shard: OwnedShard) -> bool:
-        if shard.unfinished is not None:
-            await self._finish(shard)
+    async def _flush_owned(self) -> bool:
+        """Read every owned shard's streams at once, write each shard's batch in its own files
+        (one trip to the file thread), then map keys and delete entries for all of them (one
+        call per node each).
+
+        Every round trip costs far more CPU than a record does, so a load spread over many
+        shards costs a few round trips per cycle rather than a few per shard. Per shard nothing
+        changes: read, write, fsync, map keys, XDEL, and it is read again only after its XDEL
+        succeeded. One read takes about ``batch_records`` entries in all (and at least one of
+        every non-empty stream), so no shard's batch is larger than when shards were read one by
+        one; streams are visited from a rotating start, so the budget favours none for long.
+        """
+        unfinished = [shard for shard in self._owned.values() if shard.unfinished is not None]
+        if unfinished:
+            # A batch on disk whose key-map or XDEL step failed is finished before its shard is
+            # read again.
+            try:
+                await self._finish(unfinished)
+            except OSError as error:
+                for shard in unfinished:
+                    await self._disk_error(shard, error)
+        numbers = tuple(sorted(self._owned))
+        shards = [self._owned[number] for number in numbers]
+        if not shards:
+            return False
         read_started_ms = int(time.time() * 1000)
-        shard.rotation += 1
-        pages = await self._reader.read(
-            shard.number, shard.stream_names, self._settings.batch_records, shard.rotation
-        )
-        entries: list[StreamEntry] = []
-        pending_total = 0
-        more = False
-        oldest_remaining_ms = 0
+        self._rotation += 1
+        try:
+            pages = await self._reader.read(
+                numbers,
+                [stream for shard in shards for stream in shard.stream_names],
+                self._settings.batch_records,
+                self._rotation,
+            )
+        except OSError as error:
+            for shard in shards:
+                await self._disk_error(shard, error)
+            return False
+        reads = {shard.number: ShardRead(shard, [], shard.next_batch) for shard in shards}
+        bucket_of_stream = self._bucket_of_stream
         for stream, (length, page) in pages.items():
-            bucket = self._bucket_of_stream[stream]
-            pending_total += length
-            entries.extend(StreamEntry(bucket, stream, sid, fields) for sid, fields in page)
+            bucket = bucket_of_stream[stream]
+            read = reads[bucket % self.shard_count]
+            read.pending += length
+            read.entries += [StreamEntry(bucket, stream, sid, fields) for sid, fields in page]
             if len(page) < length:
-                more = True
+                read.more = True
                 # The next entry is younger than the last one read, so this bounds its age.
                 last_ms = stream_id_ms(page[-1][0])
-                oldest_remaining_ms = min(oldest_remaining_ms or last_ms, last_ms)
-        if entries:
-            if time.monotonic() >= shard.lease_trusted_until:
+                read.oldest_ms = min(read.oldest_ms or last_ms, last_ms)
+        group: list[ShardRead] = []
+        for read in reads.values():
+            read.pending = max(0, read.pending - len(read.entries))
+            if read.pending and not read.oldest_ms:
+                read.oldest_ms = read_started_ms
+            if read.entries:
+                group.append(read)
+            else:
+                self._queue_stats(read)
+        if not group:
+            return False
+        return await self._write_group(group)
+
+    async def _disk_error(self, shard: OwnedShard, error: OSError) -> None:
+        """A failed write or fsync leaves the page cache in doubt: give the shard up, so it is
+        taken again later through recovery, which reads what the disk really holds."""
+        self._note_error(f"shard {shard.number}: disk error {error!r}")
+        await self._drop(shard, release_lease=True)
+        self._retry_after[shard.number] = time.monotonic() + self._settings.max_backoff_ms / 1000
+
+    async def _write_group(self, group: Sequence[ShardRead]) -> bool:
+        """Write the batches read (each only while its lease is trusted), then finish them;
+        True when one of the shards written has more waiting."""
+        # Never touch the files of a shard given up since it was read.
+        group = [read for read in group if self._owned.get(read.shard.number) is read.shard]
+        if not group:
+            return False
+        outcomes: list[ShardWrite] = await self._in_file_thread(
+            write_batches, group, self._settings.keymap_ttl_s
+        )
+        written: list[ShardRead] = []
+        for read, outcome in zip(group, outcomes, strict=True):
+            shard = read.shard
+            if outcome.error is not None:
+                await self._disk_error(shard, outcome.error)
+                continue
+            if outcome.metas is None:
                 logger.warning(
                     "journal: shard %d lease not confirmed in time; giving it up", shard.number
                 )
                 await self._drop(shard, release_lease=False)
-                return False
-            batch = shard.next_batch
-            data, metas = await self._in_file_thread(
-                encode_batch, entries, batch, self._settings.keymap_ttl_s
-            )
-            flush_s = await self._in_file_thread(shard.files.append, data)
-            shard.next_batch = batch + 1
-            shard.unfinished = metas
-            self._last_flush_s = flush_s
-            self._records_written_total += len(metas)
-            self._check_sequences(shard, metas)
-            await self._finish(shard)
-        remaining = max(0, pending_total - len(entries))
-        if remaining and not oldest_remaining_ms:
-            oldest_remaining_ms = read_started_ms
-        await self._publish_stats(shard.number, remaining, oldest_remaining_ms)
-        return more
+                continue
+            shard.next_batch = read.batch + 1
+            shard.unfinished = outcome.metas
+            self._last_flush_s = outcome.flush_s
+            self._records_written_total += len(outcome.metas)
+            self._check_sequences(shard, outcome.metas)
+            written.append(read)
+        try:
+            await self._finish([read.shard for read in written])
+        except OSError as error:
+            for read in written:
+                await self._disk_error(read.shard, error)
+            return False
+        for read in written:
+            self._queue_stats(read)
+        return any(read.more for read in written)
 
-    async def _finish(self, shard: OwnedShard) -> None:
-        """Map the keys of the records just written, then delete them from Redis."""
-        metas = shard.unfinished
-        if metas is None:
+    async def _finish(self, shards: Sequence[OwnedShard]) -> None:
+        """Map the keys of the records just written, then delete them from Redis: every key of
+        every shard given is mapped before any entry is deleted."""
+        batches = [shard.unfinished for shard in shards if shard.unfinished is not None]
+        if not batches:
             return
-        await self._map_keys(metas)
+        await self._map_keys(batches)
         by_stream: dict[str, list[str]] = {}
-        for meta in metas:
-            by_stream.setdefault(meta.stream, []).append(meta.sid)
+        for metas in batches:
+            for meta in metas:
+                by_stream.setdefault(meta.stream, []).append(meta.sid)
         # Lua's unpack() has a bounded stack, so one XDEL names a bounded number of ids.
         groups = [
             (stream, ids[start : start + MAX_DELETE_IDS_PER_COMMAND])
@@ -1246,26 +1413,39 @@ class JournalWriter:
             for start in range(0, len(ids), MAX_DELETE_IDS_PER_COMMAND)
         ]
         await run_per_node(self._client, DELETE_ENTRIES_LUA, groups)
-        shard.unfinished = None
+        for shard in shards:
+            shard.unfinished = None
 
-    async def _map_keys(self, metas: Sequence[RecordMeta]) -> None:
+    async def _map_keys(self, batches: Sequence[Sequence[RecordMeta]]) -> None:
         """Keep the transaction key -> player map for records on disk, and count keys that a
-        second player reused (the first player stays mapped)."""
+        second player reused (the first player stays mapped).
+
+        Batches are mapped in order, each as if alone (within a batch the last record of a key
+        gives the item), so a key that two shards' batches name for two players is caught as
+        when the shards were finished one after the other.
+        """
         now_s = int(time.time())
-        live = [m for m in metas if not m.malformed and m.keymap_expire_at_s > now_s]
-        meta_of_key = {
-            keymap_key(meta.tenant, key): meta
-            for meta in live
-            for key in (meta.key, *meta.other_keys)
-        }
-        items = [
-            (name, meta.player, str(meta.keymap_expire_at_s)) for name, meta in meta_of_key.items()
-        ]
-        for chunk, reply in await run_per_node(self._client, MAP_KEYS_LUA, items):
+        items: list[tuple[str, str, str]] = []
+        # The items' own identities: two batches may send equal items for different records.
+        meta_of_item: dict[int, RecordMeta] = {}
+        for metas in batches:
+            meta_of_key = {
+                keymap_key(meta.tenant, key): meta
+                for meta in metas
+                if not meta.malformed and meta.keymap_expire_at_s > now_s
+                for key in (meta.key, *meta.other_keys)
+            }
+            for name, meta in meta_of_key.items():
+                item = (name, meta.player, str(meta.keymap_expire_at_s))
+                items.append(item)
+                meta_of_item[id(item)] = meta
+        replies = await run_per_node(self._client, MAP_KEYS_LUA, items, ordered=True)
+        for chunk, reply in replies:
             for index in range(0, len(reply), 2):
-                name, player, _ = chunk[int(reply[index]) - 1]
+                item = chunk[int(reply[index]) - 1]
+                player = item[1]
                 previous = text(reply[index + 1])
-                meta = meta_of_key[name]
+                meta = meta_of_item[id(item)]
                 family = family_of(meta.protocol)
                 self._cross_player_total[family] = self._cross_player_total.get(family, 0) + 1
                 logger.warning(
@@ -1279,11 +1459,12 @@ class JournalWriter:
     def _check_sequences(self, shard: OwnedShard, metas: Sequence[RecordMeta]) -> None:
         """Per account, the seqs this writer writes must go up by exactly one."""
         limit = max(1, self._settings.tracked_accounts // self.shard_count)
+        last_seq = shard.last_seq
         for meta in metas:
             if meta.malformed:
                 continue
             account = (meta.tenant, meta.player, meta.currency)
-            previous = shard.last_seq.pop(account, None)
+            previous = last_seq.pop(account, None)
             if previous is not None and meta.seq != previous + 1:
                 self._sequence_violations_total += 1
                 logger.error(
@@ -1295,11 +1476,11 @@ class JournalWriter:
                     previous,
                     meta.sid,
                 )
-            shard.last_seq[account] = meta.seq
-            if len(shard.last_seq) > limit:
+            last_seq[account] = meta.seq
+            if len(last_seq) > limit:
                 # Dicts keep insertion order and an update re-inserts, so this drops the account
                 # written longest ago.
-                del shard.last_seq[next(iter(shard.last_seq))]
+                del last_seq[next(iter(last_seq))]
 
     # -- Leases --
 
@@ -1395,7 +1576,7 @@ class JournalWriter:
                 # finish its steps, which are idempotent, before anything new is read.
                 shard.unfinished = last_metas
                 self._check_sequences(shard, last_metas)
-                await self._finish(shard)
+                await self._finish([shard])
             logger.info(
                 "journal: writer %s took shard %d (batch %d next)",
                 self.writer_id,
@@ -1417,23 +1598,33 @@ class JournalWriter:
 
     # -- Status --
 
-    async def _publish_stats(self, number: int, pending: int, oldest_ms: int) -> None:
+    def _queue_stats(self, read: ShardRead) -> None:
+        """Note a shard's backlog after its read (or its write) for :meth:`_publish_stats`;
+        unchanged stats are republished only once they are half a status interval old."""
+        number = read.shard.number
         now_ms = int(time.time() * 1000)
         previous = self._stats.get(number)
-        self._stats[number] = ShardStats(pending, oldest_ms, now_ms)
         if (
             previous is not None
-            and previous.pending == pending
-            and previous.oldest_ms == oldest_ms
+            and previous.pending == read.pending
+            and previous.oldest_ms == read.oldest_ms
             and now_ms - previous.updated_ms < self._settings.status_interval_ms / 2
         ):
-            self._stats[number] = previous
             return
-        value = orjson.dumps({"pending": pending, "oldest_ms": oldest_ms, "updated_ms": now_ms})
+        self._stats[number] = ShardStats(read.pending, read.oldest_ms, now_ms)
+        self._stats_to_publish[number] = orjson.dumps(
+            {"pending": read.pending, "oldest_ms": read.oldest_ms, "updated_ms": now_ms}
+        )
+
+    async def _publish_stats(self) -> None:
+        """Publish the stats queued in this cycle, in one pipeline."""
+        if not self._stats_to_publish:
+            return
+        values, self._stats_to_publish = self._stats_to_publish, {}
         await run_pipeline(
             self._client,
             [
-                ("hset", (STATS_KEY, str(number), value), {}),
+                ("hset", (STATS_KEY,), {"mapping": {str(n): v for n, v in values.items()}}),
                 ("pexpire", (STATS_KEY, 10 * self._settings.lease_ms), {}),
             ],
         )

@@ -1,0 +1,225 @@
+"""The journal writer's cycle against a real redis-server: all owned shards are read, written and
+finished together, with a shard's lease and disk errors still handled shard by shard."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import redis.asyncio
+
+from walletgate.journal import writer
+from walletgate.journal.writer import JournalWriter, ShardFiles, WriterSettings
+from walletgate.ledger import keys
+
+SHARDS = 4
+
+
+class CountingClient:
+    """Wraps a redis.asyncio client and counts the writer's script calls by script."""
+
+    def __init__(self, inner: redis.asyncio.Redis) -> None:
+        self._inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        names = {
+            writer.READ_STREAMS_LUA: "read",
+            writer.MAP_KEYS_LUA: "map",
+            writer.DELETE_ENTRIES_LUA: "delete",
+        }
+        self.calls[names.get(script, "other")] += 1
+        return await self._inner.eval(script, numkeys, *args)
+
+
+def settings(directory: Path, **overrides: Any) -> WriterSettings:
+    return WriterSettings(
+        directory=directory, buckets=SHARDS, cluster=False, shards=SHARDS, **overrides
+    )
+
+
+def add_record(url: str, bucket: int, player: str, key: str, seq: int) -> None:
+    now_us = time.time_ns() // 1000
+    fx = [["acct", "bal:usd", "5", "0"], ["tx:" + key, "state", "applied", "3600"]]
+    fields = {
+        "ts": str(now_us), "tenant": "t1", "player": player, "currency": "usd", "seq": str(seq),
+        "kind": "adjust", "key": key, "delta": "5", "bal": "5", "proto": "admin", "result": "1",
+        "fp": "f", "refs": orjson.dumps({"ref": key}).decode(), "fx": orjson.dumps(fx).decode(),
+    }  # fmt: skip
+    client = redis.Redis.from_url(url)
+    client.xadd(keys.journal_stream_key(bucket, False), fields)  # type: ignore[arg-type]
+    client.close()
+
+
+def pending(url: str, bucket: int) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.xlen(keys.journal_stream_key(bucket, False)))
+    finally:
+        client.close()
+
+
+def on_disk(directory: Path) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(line)
+        for path in sorted(directory.glob("shard-*/segment-*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+async def owning_every_shard(url: str, directory: Path, **overrides: Any) -> JournalWriter:
+    """A writer that owns every shard and has not cycled yet (driven by the test)."""
+    client = CountingClient(redis.asyncio.Redis.from_url(url))
+    journal = JournalWriter(client, settings(directory, **overrides), writer_id="w")
+    writer.check_layout(directory, SHARDS, SHARDS, False)
+    await journal._maintain_leases()
+    assert sorted(journal._owned) == list(range(SHARDS))
+    journal._next_lease_check = math.inf  # the test decides when leases are looked at
+    return journal
+
+
+async def close(journal: JournalWriter) -> None:
+    await journal._release_everything()
+    journal._executor.shutdown()
+    await journal._client.aclose()
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_one_cycle_reads_writes_and_finishes_every_shard_at_once(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "journal"
+    for index in range(40):
+        add_record(redis_url, index % SHARDS, f"p{index}", f"k{index}", 1)
+    trips = Counter[int]()
+    real_write_batches = writer.write_batches
+
+    def counting(reads: Any, keymap_ttl_s: int) -> Any:
+        trips[len(reads)] += 1
+        return real_write_batches(reads, keymap_ttl_s)
+
+    monkeypatch.setattr(writer, "write_batches", counting)
+
+    async def scenario() -> tuple[Counter[str], writer.JournalStatus]:
+        journal = await owning_every_shard(redis_url, directory)
+        client = journal._client
+        assert isinstance(client, CountingClient)
+        client.calls.clear()
+        more = await journal._cycle()
+        assert not more
+        calls, status = Counter(client.calls), journal.status()
+        await close(journal)
+        return calls, status
+
+    calls, status = run(scenario())
+    assert calls == {"read": 1, "map": 1, "delete": 1}
+    assert trips == {SHARDS: 1}
+    assert status.records_written_total == 40
+    assert all(pending(redis_url, bucket) == 0 for bucket in range(SHARDS))
+    records = on_disk(directory)
+    assert len(records) == 40
+    assert {(r["bucket"], r["batch"]) for r in records} == {(b, 1) for b in range(SHARDS)}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.get(writer.keymap_key("t1", "k7")) == "p7"
+    stats = client.hgetall(writer.STATS_KEY)
+    assert sorted(stats) == [str(shard) for shard in range(SHARDS)]
+    assert all(orjson.loads(value)["pending"] == 0 for value in stats.values())
+    client.close()
+
+
+def test_a_key_that_two_shards_name_for_two_players_in_one_cycle_is_caught(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_record(redis_url, 0, "alice", "shared", 1)
+    add_record(redis_url, 1, "bob", "shared", 1)
+    add_record(redis_url, 2, "carol", "own", 1)
+
+    async def scenario() -> writer.JournalStatus:
+        journal = await owning_every_shard(redis_url, tmp_path / "journal")
+        await journal._cycle()
+        status = journal.status()
+        await close(journal)
+        return status
+
+    with caplog.at_level(logging.WARNING, "walletgate.journal"):
+        status = run(scenario())
+    assert dict(status.cross_player_total) == {"admin": 1}
+    assert "'shared' of tenant t1 is used by player alice and player bob" in caplog.text
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.get(writer.keymap_key("t1", "shared")) == "alice"
+    assert client.get(writer.keymap_key("t1", "own")) == "carol"
+    client.close()
+
+
+def test_a_shard_whose_lease_is_not_trusted_is_given_up_alone(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "journal"
+    for bucket in range(SHARDS):
+        add_record(redis_url, bucket, f"p{bucket}", f"k{bucket}", 1)
+
+    async def scenario() -> list[int]:
+        journal = await owning_every_shard(redis_url, directory)
+        journal._owned[2].lease_trusted_until = 0.0
+        await journal._cycle()
+        owned = sorted(journal._owned)
+        await close(journal)
+        return owned
+
+    with caplog.at_level(logging.WARNING, "walletgate.journal"):
+        owned = run(scenario())
+    assert "shard 2 lease not confirmed in time" in caplog.text
+    assert owned == [0, 1, 3]
+    assert [pending(redis_url, bucket) for bucket in range(SHARDS)] == [0, 0, 1, 0]
+    assert sorted(r["bucket"] for r in on_disk(directory)) == [0, 1, 3]
+
+
+def test_a_disk_error_gives_up_that_shard_alone_and_it_is_written_later(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "journal"
+    for bucket in range(SHARDS):
+        add_record(redis_url, bucket, f"p{bucket}", f"k{bucket}", 1)
+    real_append = ShardFiles.append
+    failures = [1]
+
+    def failing_append(self: ShardFiles, data: bytes) -> float:
+        if self.directory.name == "shard-01" and failures:
+            failures.pop()
+            raise OSError(5, "injected")
+        return real_append(self, data)
+
+    monkeypatch.setattr(ShardFiles, "append", failing_append)
+
+    async def scenario() -> tuple[list[int], writer.JournalStatus]:
+        journal = await owning_every_shard(redis_url, directory, max_backoff_ms=500)
+        await journal._cycle()
+        owned = sorted(journal._owned)
+        status = journal.status()
+        await asyncio.sleep(0.6)
+        journal._next_lease_check = 0.0
+        await journal._cycle()  # takes shard 1 back (recovery) and writes its batch
+        assert sorted(journal._owned) == list(range(SHARDS))
+        await close(journal)
+        return owned, status
+
+    owned, status = run(scenario())
+    assert owned == [0, 2, 3]
+    assert status.errors_total == 1 and "shard 1: disk error" in (status.last_error or "")
+    assert all(pending(redis_url, bucket) == 0 for bucket in range(SHARDS))
+    assert sorted(r["bucket"] for r in on_disk(directory)) == [0, 1, 2, 3]
