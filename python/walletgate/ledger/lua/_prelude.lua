@@ -10,12 +10,28 @@
 --   ARGV[9..] operation specific.
 --
 -- Money: every amount is a decimal integer string of units. Lua numbers are doubles and lose
--- exactness above 2^53, so amounts only change through HINCRBY and are compared as strings.
+-- exactness above 2^53, so amounts change through HINCRBY (which also detects int64 overflow), or
+-- in Lua only where wg_units proves every operand and the result exact (see wg_units).
 --
--- State changes go through wg_hset/wg_del so that the journal record carries them ("fx"), which
--- lets `walletgate journal rebuild` restore any script's state without knowing the script.
+-- State changes go through wg_hset/wg_hset_many/wg_del/wg_add so that the journal record carries
+-- them ("fx"), which lets `walletgate journal rebuild` restore any script's state without knowing
+-- the script.
+--
+-- Cost: these scripts run on every wallet request, and in Redis' Lua each C function call
+-- (string.format and pattern matching above all) and each new string (hashed over all its bytes)
+-- or table is dear, so the helpers here make few: fx entries are JSON text concatenated as the
+-- changes are made, joined once by wg_journal (no nested tables for cjson.encode), and a key
+-- gets one EXPIRE per call.
 
+-- The fx entries made so far in this call as JSON text, each item one or more whole entries led
+-- by its separator: '[' for the first item, ',' after that ('[["acct","bal:USD","5","0"]',
+-- ',["tx:o1","state","ok","60"],["tx:o1","code","1","60"]'), so that wg_journal only appends
+-- ']' and joins. A script may reset it (WG_FX = {}) to drop the changes it undid.
 local WG_FX = {}
+-- key -> TTL (seconds) that wg_expire already set in this call: setting it again within
+-- the call is redundant. A script that changes a key's TTL or deletes it by a plain redis.call
+-- must not write it through wg_hset/wg_hset_many afterwards.
+local WG_EXPIRED = {}
 local WG_EXACT_DOUBLE_LIMIT = 9007199254740992 -- 2^53
 -- "wg:{T:P}:" (KEYS[1] ends in "acct"); empty for the few scripts that take no keys.
 local WG_PREFIX = ''
@@ -27,6 +43,45 @@ local function wg_suffix(key)
     return redis.error_reply('WGKEY key outside the player tag: ' .. key)
   end
   return string.sub(key, #WG_PREFIX + 1)
+end
+
+-- True when text can go into JSON between quotes as it is: cjson (which escapes quotes,
+-- backslashes, control characters and '/') leaves it unchanged. Far cheaper than a pattern.
+local function wg_plain(text)
+  return #cjson.encode(text) == #text + 2
+end
+
+-- Record fx entries [suffix(key), field, value, ttl] for the field/value pairs of flat, in order.
+local function wg_fx(key, flat, ttl)
+  local suffix = wg_suffix(key)
+  -- The usual case: strings with nothing to escape (one check for all), one concatenation each.
+  local plain = type(suffix) == 'string' and wg_plain(suffix .. ttl .. table.concat(flat))
+  local n = #WG_FX
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], flat[i + 1]
+    local separator = ','
+    if n == 0 then separator = '[' end
+    n = n + 1
+    if plain and type(field) == 'string' and type(value) == 'string' then
+      WG_FX[n] = separator .. '["' .. suffix .. '","' .. field .. '","' .. value .. '","' .. ttl
+        .. '"]'
+    else
+      -- As cjson.encode encoded the entry before (a number stays a JSON number).
+      WG_FX[n] = separator .. '[' .. cjson.encode(suffix) .. ',' .. cjson.encode(field) .. ','
+        .. cjson.encode(value) .. ',' .. cjson.encode(ttl) .. ']'
+    end
+  end
+end
+
+-- EXPIRE key ttl_s (seconds; 0 or nil: the key does not expire), once per key and TTL per call.
+local function wg_expire(key, ttl_s)
+  if not ttl_s or WG_EXPIRED[key] == ttl_s then
+    return
+  end
+  if tonumber(ttl_s) > 0 then
+    redis.call('EXPIRE', key, ttl_s)
+  end
+  WG_EXPIRED[key] = ttl_s
 end
 
 -- Compare two decimal integer strings exactly: -1, 0 or 1.
@@ -58,15 +113,42 @@ end
 -- HSET that is also recorded for the journal. ttl_s = 0 means the key does not expire.
 local function wg_hset(key, field, value, ttl_s)
   redis.call('HSET', key, field, value)
-  if ttl_s and tonumber(ttl_s) > 0 then
-    redis.call('EXPIRE', key, ttl_s)
-  end
-  WG_FX[#WG_FX + 1] = {wg_suffix(key), field, value, tostring(ttl_s or 0)}
+  wg_expire(key, ttl_s)
+  wg_fx(key, {field, value}, tostring(ttl_s or 0))
+end
+
+-- wg_hset of several fields (flat = {field, value, ...}) in one HSET and one EXPIRE; the fx
+-- entries are those of one wg_hset per field, in order.
+local function wg_hset_many(key, flat, ttl_s)
+  redis.call('HSET', key, unpack(flat))
+  wg_expire(key, ttl_s)
+  wg_fx(key, flat, tostring(ttl_s or 0))
 end
 
 local function wg_del(key)
   redis.call('DEL', key)
-  WG_FX[#WG_FX + 1] = {wg_suffix(key), '', '', 'del'}
+  WG_EXPIRED[key] = nil
+  local separator = ','
+  if #WG_FX == 0 then separator = '[' end
+  WG_FX[#WG_FX + 1] = separator .. '[' .. cjson.encode(wg_suffix(key)) .. ',"","","del"]'
+end
+
+-- The Lua number of a units string when it is exact and what HINCRBY reads: canonical (no sign
+-- on 0, no leading zero, nothing else) and below 2^53 in magnitude, where doubles hold every
+-- integer. nil otherwise: the caller then leaves the sum to HINCRBY. A sum of two such numbers
+-- is exact when its magnitude is below 2^53 too (rounding is monotonic, so a true sum at or
+-- beyond 2^53 cannot come out below it); string.format('%.0f', n) prints such numbers exactly.
+local function wg_units(text)
+  if text == '0' then
+    return 0
+  end
+  if string.find(text, '^%-?[1-9]%d*$') then
+    local number = text + 0 -- parsed by strtod, correctly rounded
+    if number < WG_EXACT_DOUBLE_LIMIT and number > -WG_EXACT_DOUBLE_LIMIT then
+      return number
+    end
+  end
+  return nil
 end
 
 -- Add delta (a units string) to an integer hash field. Returns the new value as an exact string,
@@ -87,7 +169,7 @@ local function wg_add(key, field, delta)
   else
     value = redis.call('HGET', key, field)
   end
-  WG_FX[#WG_FX + 1] = {wg_suffix(key), field, value, '0'}
+  wg_fx(key, {field, value}, '0')
   return value
 end
 
@@ -101,7 +183,10 @@ local WG_NOW_US = nil
 local function wg_now_us()
   if not WG_NOW_US then
     local now = redis.call('TIME')
-    WG_NOW_US = now[1] .. string.format('%06d', tonumber(now[2]))
+    -- The seconds, then the microseconds on 6 digits (no string.format: it is slow).
+    local micros = now[2]
+    if #micros < 6 then micros = string.rep('0', 6 - #micros) .. micros end
+    WG_NOW_US = now[1] .. micros
   end
   return WG_NOW_US
 end
@@ -115,15 +200,27 @@ end
 -- Append one journal record carrying every wg_hset/wg_add/wg_del made so far in this call.
 -- extra: optional flat list of additional field/value pairs (Midas gifted part, for example).
 local function wg_journal(currency, seq, kind, delta, balance_after, result, extra)
-  local fields = {
-    'ts', wg_now_us(), 'tenant', ARGV[1], 'player', ARGV[2], 'currency', currency,
-    'seq', seq, 'kind', kind, 'key', ARGV[5], 'delta', delta, 'bal', balance_after,
-    'proto', ARGV[4], 'result', tostring(result), 'fp', ARGV[6], 'refs', ARGV[7],
-    'fx', cjson.encode(WG_FX),
-  }
-  if extra then
-    for i = 1, #extra do fields[#fields + 1] = extra[i] end
+  if type(result) ~= 'string' then result = tostring(result) end
+  -- '{}' for no entry, as cjson.encode gave for an empty table (the readers accept both).
+  local fx = '{}'
+  if #WG_FX > 0 then
+    WG_FX[#WG_FX + 1] = ']'
+    fx = table.concat(WG_FX)
   end
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
+  if extra then
+    local fields = {
+      'ts', wg_now_us(), 'tenant', ARGV[1], 'player', ARGV[2], 'currency', currency,
+      'seq', seq, 'kind', kind, 'key', ARGV[5], 'delta', delta, 'bal', balance_after,
+      'proto', ARGV[4], 'result', result, 'fp', ARGV[6], 'refs', ARGV[7], 'fx', fx,
+    }
+    for i = 1, #extra do fields[#fields + 1] = extra[i] end
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+  else
+    -- The usual case: no table to build and unpack.
+    redis.call('XADD', KEYS[2], '*', 'ts', wg_now_us(), 'tenant', ARGV[1], 'player', ARGV[2],
+      'currency', currency, 'seq', seq, 'kind', kind, 'key', ARGV[5], 'delta', delta,
+      'bal', balance_after, 'proto', ARGV[4], 'result', result, 'fp', ARGV[6],
+      'refs', ARGV[7], 'fx', fx)
+  end
   WG_FX = {}
 end

@@ -41,13 +41,10 @@ if kind == 'save' then
   wg_hset(KEYS[1], 'first_save:' .. currency, '2', 0)
 end
 local seq = wg_next_seq(currency)
-wg_hset(tx_key, 'fp', ARGV[6], retention_s)
-for _, pair in ipairs({
-  {'state', 'applied'}, {'code', 'ok'}, {'op', kind}, {'protocol', ARGV[4]}, {'player', ARGV[2]},
-  {'currency', currency}, {'delta', amount_units}, {'bal', balance_units}, {'seq', seq},
-  {'created_us', wg_now_us()},
-}) do
-  wg_hset(tx_key, pair[1], pair[2], retention_s)
-end
+wg_hset_many(tx_key, {
+  'fp', ARGV[6], 'state', 'applied', 'code', 'ok', 'op', kind, 'protocol', ARGV[4],
+  'player', ARGV[2], 'currency', currency, 'delta', amount_units, 'bal', balance_units,
+  'seq', seq, 'created_us', wg_now_us(),
+}, retention_s)
 wg_journal(currency, seq, kind, amount_units, balance_units, 'ok')
 return {'applied', balance_units, seq}

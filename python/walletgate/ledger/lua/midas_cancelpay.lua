@@ -68,9 +68,8 @@ if not wg_add(acct_key, cost_field, wg_negate(amount_units)) then
   return {'overflow', '0', '0', '0', '0'}
 end
 local seq = wg_next_seq(currency)
-wg_hset(tx_key, 'cancelled', '1', retention_s)
-wg_hset(tx_key, 'cancel_seq', seq, retention_s)
-wg_hset(tx_key, 'cancelled_us', wg_now_us(), retention_s)
+wg_hset_many(tx_key, {'cancelled', '1', 'cancel_seq', seq, 'cancelled_us', wg_now_us()},
+  retention_s)
 wg_journal(currency, seq, 'cancelpay', paid_used, paid_after, '0',
   {'gdelta', used_gen, 'gbal', gen_after})
 return {'applied', '0', paid_after, gen_after, used_gen}

@@ -46,10 +46,7 @@ if stored[1] then
 end
 
 local function store(fields)
-  wg_hset(tx_key, 'fp', fp, retention_s)
-  for i = 1, #fields, 2 do
-    wg_hset(tx_key, fields[i], fields[i + 1], retention_s)
-  end
+  wg_hset_many(tx_key, {'fp', fp, unpack(fields)}, retention_s)
 end
 
 local paid = wg_get(acct_key, paid_field)

@@ -52,14 +52,11 @@ if not wg_add(acct_key, 'present_sum:' .. currency, amount_units) then
 end
 local paid = wg_get(acct_key, 'bal:' .. currency)
 local seq = wg_next_seq(currency)
-wg_hset(tx_key, 'fp', fp, retention_s)
-local fields = {
-  'state', 'applied', 'code', '0', 'op', 'present', 'protocol', protocol, 'player', ARGV[2],
-  'currency', currency, 'delta', '0', 'bal', paid, 'gdelta', amount_units, 'gbal', gen_after,
-  'amt', amount_units, 'bill_no', bill_no, 'seq', seq, 'created_us', wg_now_us(),
-}
-for i = 1, #fields, 2 do
-  wg_hset(tx_key, fields[i], fields[i + 1], retention_s)
-end
+wg_hset_many(tx_key, {
+  'fp', fp, 'state', 'applied', 'code', '0', 'op', 'present', 'protocol', protocol,
+  'player', ARGV[2], 'currency', currency, 'delta', '0', 'bal', paid, 'gdelta', amount_units,
+  'gbal', gen_after, 'amt', amount_units, 'bill_no', bill_no, 'seq', seq,
+  'created_us', wg_now_us(),
+}, retention_s)
 wg_journal(currency, seq, 'present', '0', paid, '0', {'gdelta', amount_units, 'gbal', gen_after})
 return {'applied', '0', paid, gen_after, '0'}

@@ -28,6 +28,10 @@
 -- tombstone), type, protocol, player, currency, delta, bal, seq, created_us, round, and as they
 -- happen cancel_of, effect, cancelled_by, awarded_by, settled_by. A round hash carries
 -- "bet:<order_id>" per bet or fee placed in it and "closed" = the order_id that closed it.
+--
+-- This runs for every MINI.GAME bet and win, so the common paths are written for Redis-side cost
+-- (see "Cost" in the prelude): the balance and seq are read with one HMGET and written with one
+-- HSET, and the fx JSON of the request's own records is built by one concatenation each.
 
 local currency = ARGV[3]
 local protocol = ARGV[4]
@@ -45,66 +49,154 @@ local tx_key = KEYS[3]
 local round_key = KEYS[4]
 local target_key = KEYS[5]
 local has_round = session_id ~= ''
-local bal_field = 'bal:' .. currency
 
-local OPS = {['1'] = 'bet', ['2'] = 'cancel', ['3'] = 'win', ['4'] = 'win', ['5'] = 'win',
-  ['6'] = 'fee', ['7'] = 'win'}
-local op = OPS[mg_type]
+local op = nil
+if mg_type == '1' then op = 'bet'
+elseif mg_type == '3' or mg_type == '4' or mg_type == '5' or mg_type == '7' then op = 'win'
+elseif mg_type == '2' then op = 'cancel'
+elseif mg_type == '6' then op = 'fee'
+end
 
-if redis.call('EXISTS', acct) == 0 then
+-- The balance and journal seq in the request's currency, read once: every stored outcome needs
+-- both, and this HMGET (then one HSET in mg_move) replaces EXISTS, HGET and two HINCRBYs.
+local account = redis.call('HMGET', acct, 'bal:' .. currency, 'seq:' .. currency)
+-- A known player may have neither field yet (player_touch sets only "known"): ask EXISTS then.
+if not account[1] and not account[2] and redis.call('EXISTS', acct) == 0 then
   return {'unknown_player', '0', '0', ''}
 end
 
--- One HSET + EXPIRE for several fields, recorded in the journal fx like wg_hset.
-local function mg_hset_many(key, flat)
-  redis.call('HSET', key, unpack(flat))
-  redis.call('EXPIRE', key, retention_s)
-  local suffix = wg_suffix(key)
-  for i = 1, #flat, 2 do
-    WG_FX[#WG_FX + 1] = {suffix, flat[i], flat[i + 1], retention_s}
+-- The fx entries of the request's own records (account balance, tx record, round bet) are built
+-- by plain concatenation when the keys are under WG_PREFIX and the strings that go in them hold
+-- nothing JSON must escape (one check for all); otherwise wg_fx encodes them.
+local tx_suffix = string.sub(tx_key, #WG_PREFIX + 1)
+local round_suffix = string.sub(round_key, #WG_PREFIX + 1)
+local plain = acct == WG_PREFIX .. 'acct' and tx_key == WG_PREFIX .. tx_suffix
+  and round_key == WG_PREFIX .. round_suffix
+  and wg_plain(tx_suffix .. round_suffix .. ARGV[2] .. currency .. protocol .. order_id .. fp
+    .. retention_s .. session_id)
+
+-- Add delta (a units string) to the balance of cur and take that account's next journal seq.
+-- Returns the new balance and the seq, or nil when the balance would leave int64 (nothing
+-- changed then). As with wg_add, a delta of "0" leaves the balance field alone (and out of fx).
+local function mg_move(cur, delta)
+  local balance_field, seq_field = 'bal:' .. cur, 'seq:' .. cur
+  local balance, seq
+  if cur == currency then
+    balance, seq = account[1] or '0', account[2]
+  else
+    local read = redis.call('HMGET', acct, balance_field, seq_field)
+    balance, seq = read[1] or '0', read[2]
   end
+  local seq_number = 0
+  if seq then seq_number = wg_units(seq) end
+  local balance_number, delta_number = 0, 0
+  if delta ~= '0' then
+    balance_number, delta_number = wg_units(balance), wg_units(delta)
+  end
+  if seq_number and balance_number and delta_number then
+    -- Exact operands: the seq stays at most 2^53; the balance is exact if it stays below it.
+    local sum = balance_number + delta_number
+    local new_seq = string.format('%.0f', seq_number + 1)
+    if delta == '0' then
+      redis.call('HSET', acct, seq_field, new_seq)
+      if cur == currency then account[2] = new_seq end
+      return balance, new_seq
+    end
+    if sum < WG_EXACT_DOUBLE_LIMIT and sum > -WG_EXACT_DOUBLE_LIMIT then
+      local new_balance = string.format('%.0f', sum)
+      redis.call('HSET', acct, balance_field, new_balance, seq_field, new_seq)
+      if cur == currency then account[1], account[2] = new_balance, new_seq end
+      if plain and cur == currency then
+        local separator = ','
+        if #WG_FX == 0 then separator = '[' end
+        WG_FX[#WG_FX + 1] = separator .. '["acct","' .. balance_field .. '","' .. new_balance
+          .. '","0"]'
+      else
+        wg_fx(acct, {balance_field, new_balance}, '0')
+      end
+      return new_balance, new_seq
+    end
+  end
+  -- Large or unusual values: HINCRBY, which is exact and refuses to leave int64.
+  local new_balance = wg_add(acct, balance_field, delta)
+  if not new_balance then
+    return nil
+  end
+  local new_seq = wg_next_seq(cur)
+  if cur == currency then account[1], account[2] = new_balance, new_seq end
+  return new_balance, new_seq
 end
 
+-- Store the request's own tx record (extra: more field/value pairs, after the usual ones).
 local function store_own(state, code, msg, cur, delta, balance, seq, extra)
-  local flat = {'fp', fp, 'state', state, 'code', code, 'msg', msg, 'op', op, 'type', mg_type,
-    'protocol', protocol, 'player', ARGV[2], 'currency', cur, 'delta', delta, 'bal', balance,
-    'seq', seq, 'created_us', wg_now_us(), 'round', session_id}
-  if extra then
-    for i = 1, #extra do flat[#flat + 1] = extra[i] end
+  local now_us = wg_now_us()
+  -- delta, balance and seq are integers (from mg_move), except a balance passed on unchanged.
+  if extra or not plain or cur ~= currency or (delta == '0' and not wg_units(balance)) then
+    local flat = {'fp', fp, 'state', state, 'code', code, 'msg', msg, 'op', op, 'type', mg_type,
+      'protocol', protocol, 'player', ARGV[2], 'currency', cur, 'delta', delta, 'bal', balance,
+      'seq', seq, 'created_us', now_us, 'round', session_id}
+    if extra then
+      for i = 1, #extra do flat[#flat + 1] = extra[i] end
+    end
+    wg_hset_many(tx_key, flat, retention_s)
+    return
   end
-  mg_hset_many(tx_key, flat)
+  -- The usual case, as above without a table: state, code, msg, op and type are this script's
+  -- constants, delta, balance, seq and now_us integers, the rest was checked by `plain`.
+  redis.call('HSET', tx_key, 'fp', fp, 'state', state, 'code', code, 'msg', msg, 'op', op,
+    'type', mg_type, 'protocol', protocol, 'player', ARGV[2], 'currency', cur, 'delta', delta,
+    'bal', balance, 'seq', seq, 'created_us', now_us, 'round', session_id)
+  wg_expire(tx_key, retention_s)
+  local separator = ','
+  if #WG_FX == 0 then separator = '[' end
+  local next_entry = '","' .. retention_s .. '"],["' .. tx_suffix .. '","'
+  WG_FX[#WG_FX + 1] = separator .. '["' .. tx_suffix .. '","fp","' .. fp .. next_entry
+    .. 'state","' .. state .. next_entry .. 'code","' .. code .. next_entry
+    .. 'msg","' .. msg .. next_entry .. 'op","' .. op .. next_entry
+    .. 'type","' .. mg_type .. next_entry .. 'protocol","' .. protocol .. next_entry
+    .. 'player","' .. ARGV[2] .. next_entry .. 'currency","' .. cur .. next_entry
+    .. 'delta","' .. delta .. next_entry .. 'bal","' .. balance .. next_entry
+    .. 'seq","' .. seq .. next_entry .. 'created_us","' .. now_us .. next_entry
+    .. 'round","' .. session_id .. '","' .. retention_s .. '"]'
 end
 
 -- Close the request's round (once): every applied, unsettled, uncancelled bet in it is settled.
 local function close_round()
-  if not has_round or redis.call('HEXISTS', round_key, 'closed') == 1 then
+  if not has_round then
     return false
   end
+  -- One HKEYS both tells whether the round is closed already and lists its bets.
   local fields = redis.call('HKEYS', round_key)
+  for i = 1, #fields do
+    if fields[i] == 'closed' then
+      return false
+    end
+  end
   for _, field in ipairs(fields) do
     if string.sub(field, 1, 4) == 'bet:' then
       local bet_key = WG_PREFIX .. 'tx:' .. string.sub(field, 5)
       local bet = redis.call('HMGET', bet_key, 'state', 'settled_by', 'cancelled_by')
       if bet[1] == 'applied' and not bet[2] and not bet[3] then
-        mg_hset_many(bet_key, {'settled_by', order_id})
+        wg_hset_many(bet_key, {'settled_by', order_id}, retention_s)
       end
     end
   end
-  mg_hset_many(round_key, {'closed', order_id})
+  wg_hset_many(round_key, {'closed', order_id}, retention_s)
   return true
 end
 
 local function reject(code, msg)
-  local balance = wg_get(acct, bal_field)
-  local seq = wg_next_seq(currency)
+  local balance, seq = mg_move(currency, '0')
   store_own('rejected', code, msg, currency, '0', balance, seq)
   wg_journal(currency, seq, 'reject', '0', balance, code)
   return {'rejected', code, balance, msg}
 end
 
--- Idempotency: a stored record answers (or a tombstone rejects) before anything else.
-local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'msg', 'type', 'currency')
-if stored[2] then
+-- Idempotency: a stored record answers (or a tombstone rejects) before anything else. Every
+-- stored record has a state; the rest of it is read only when there is one.
+if redis.call('HGET', tx_key, 'state') then
+  local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'msg', 'type',
+    'currency')
   if stored[2] == 'tombstone' then
     return reject('10010', 'order cancelled')
   end
@@ -115,8 +207,7 @@ if stored[2] then
   if stored[2] == 'applied' and (mg_type == '4' or end_round) and close_round() then
     closed = '1'
     local stored_currency = stored[7]
-    local balance = wg_get(acct, 'bal:' .. stored_currency)
-    local seq = wg_next_seq(stored_currency)
+    local balance, seq = mg_move(stored_currency, '0')
     wg_journal(stored_currency, seq, 'close', '0', balance, stored[3])
   end
   return {'replay', stored[3], stored[4], stored[5], closed, stored[6]}
@@ -124,16 +215,15 @@ end
 
 -- Debits: type 1 bet, type 6 position fee.
 if op == 'bet' or op == 'fee' then
-  local balance = wg_get(acct, bal_field)
+  local balance = account[1] or '0'
   if wg_cmp(balance, money_abs) < 0 then
     return reject('10001', 'balance is not enough')
   end
   local delta = wg_negate(money_abs)
-  local new_balance = wg_add(acct, bal_field, delta)
+  local new_balance, seq = mg_move(currency, delta)
   if not new_balance then
     return {'overflow', '0', balance, ''}
   end
-  local seq = wg_next_seq(currency)
   local extra = nil
   local closer = false
   if has_round then
@@ -144,7 +234,15 @@ if op == 'bet' or op == 'fee' then
   end
   store_own('applied', '1', 'ok', currency, delta, new_balance, seq, extra)
   if has_round and not closer then
-    mg_hset_many(round_key, {'bet:' .. order_id, '1'})
+    redis.call('HSET', round_key, 'bet:' .. order_id, '1')
+    wg_expire(round_key, retention_s)
+    if plain then
+      -- Not the first entry: the tx record's came before.
+      WG_FX[#WG_FX + 1] = ',["' .. round_suffix .. '","bet:' .. order_id .. '","1","'
+        .. retention_s .. '"]'
+    else
+      wg_fx(round_key, {'bet:' .. order_id, '1'}, retention_s)
+    end
   end
   if end_round then close_round() end
   wg_journal(currency, seq, 'bet', delta, new_balance, '1')
@@ -153,9 +251,9 @@ end
 
 -- Credits: type 3 in-round payout, 4 settlement, 5 and 7 OMG promotions.
 if op == 'win' then
-  local new_balance = wg_add(acct, bal_field, money)
+  local new_balance, seq = mg_move(currency, money)
   if not new_balance then
-    return {'overflow', '0', wg_get(acct, bal_field), ''}
+    return {'overflow', '0', account[1] or '0', ''}
   end
   local unknown, already = 0, 0
   for i = 6, #KEYS do
@@ -167,12 +265,11 @@ if op == 'win' then
     elseif bet[3] then
       already = already + 1
     elseif not bet[4] and not bet[5] then
-      mg_hset_many(bet_key, {'awarded_by', order_id, 'settled_by', order_id})
+      wg_hset_many(bet_key, {'awarded_by', order_id, 'settled_by', order_id}, retention_s)
     else
-      mg_hset_many(bet_key, {'awarded_by', order_id})
+      wg_hset_many(bet_key, {'awarded_by', order_id}, retention_s)
     end
   end
-  local seq = wg_next_seq(currency)
   store_own('applied', '1', 'ok', currency, money, new_balance, seq)
   if mg_type == '4' or end_round then close_round() end
   wg_journal(currency, seq, 'win', money, new_balance, '1')
@@ -184,12 +281,11 @@ local target = redis.call('HMGET', target_key, 'state', 'op', 'delta', 'currency
   'cancelled_by', 'settled_by')
 if not target[1] then
   -- Unknown bet: nothing moves; a tombstone makes a later bet on that key fail with 10010.
-  local balance = wg_get(acct, bal_field)
-  local seq = wg_next_seq(currency)
-  mg_hset_many(target_key, {'fp', '', 'state', 'tombstone', 'code', '10010',
+  local balance, seq = mg_move(currency, '0')
+  wg_hset_many(target_key, {'fp', '', 'state', 'tombstone', 'code', '10010',
     'msg', 'order cancelled', 'op', 'tombstone', 'type', '', 'protocol', protocol,
     'player', ARGV[2], 'currency', currency, 'delta', '0', 'bal', balance, 'seq', seq,
-    'created_us', wg_now_us(), 'round', '', 'cancelled_by', order_id})
+    'created_us', wg_now_us(), 'round', '', 'cancelled_by', order_id}, retention_s)
   store_own('applied', '1', 'ok', currency, '0', balance, seq,
     {'cancel_of', cancel_order_id, 'effect', 'tombstone'})
   if end_round then close_round() end
@@ -201,8 +297,7 @@ if target[2] ~= 'bet' and target[2] ~= 'fee' and target[2] ~= 'tombstone' then
 end
 if target[1] ~= 'applied' or target[5] then
   -- Already cancelled, tombstoned, or a stored rejection: nothing to refund.
-  local balance = wg_get(acct, bal_field)
-  local seq = wg_next_seq(currency)
+  local balance, seq = mg_move(currency, '0')
   store_own('applied', '1', 'ok', currency, '0', balance, seq,
     {'cancel_of', cancel_order_id, 'effect', 'noop'})
   if end_round then close_round() end
@@ -215,12 +310,11 @@ end
 -- Refund the original debit, in the bet's currency.
 local bet_currency = target[4]
 local refund = wg_negate(target[3])
-local new_balance = wg_add(acct, 'bal:' .. bet_currency, refund)
+local new_balance, seq = mg_move(bet_currency, refund)
 if not new_balance then
   return {'overflow', '0', wg_get(acct, 'bal:' .. bet_currency), ''}
 end
-mg_hset_many(target_key, {'cancelled_by', order_id})
-local seq = wg_next_seq(bet_currency)
+wg_hset_many(target_key, {'cancelled_by', order_id}, retention_s)
 store_own('applied', '1', 'ok', bet_currency, refund, new_balance, seq,
   {'cancel_of', cancel_order_id, 'effect', 'refund'})
 if end_round then close_round() end

@@ -101,13 +101,11 @@ else
 end
 
 local seq = wg_next_seq(currency)
-for _, pair in ipairs({
-  {'fp', fp}, {'state', state}, {'code', code}, {'op', 'transfer'}, {'protocol', protocol},
-  {'player', ARGV[2]}, {'currency', currency}, {'amount', amount_units}, {'delta', delta},
-  {'bal', balance_units}, {'seq', seq}, {'tx_id', tx_id}, {'ptx_id', ptx_id},
-  {'created_us', wg_now_us()},
-}) do
-  wg_hset(tx_key, pair[1], pair[2], retention_s)
-end
+wg_hset_many(tx_key, {
+  'fp', fp, 'state', state, 'code', code, 'op', 'transfer', 'protocol', protocol,
+  'player', ARGV[2], 'currency', currency, 'amount', amount_units, 'delta', delta,
+  'bal', balance_units, 'seq', seq, 'tx_id', tx_id, 'ptx_id', ptx_id,
+  'created_us', wg_now_us(),
+}, retention_s)
 wg_journal(currency, seq, kind, delta, balance_units, code)
 return {state, state, code, ptx_id, balance_units}

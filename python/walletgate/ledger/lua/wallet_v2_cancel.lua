@@ -51,9 +51,7 @@ local function store(state, code, delta, balance, seq, now_us, result)
     'player', player, 'currency', currency, 'delta', delta, 'bal', balance, 'seq', seq,
     'created_us', now_us, 'id', bet_id, 'target', bet_name, 'result', result,
   }
-  for i = 1, #fields, 2 do
-    wg_hset(tx_key, fields[i], fields[i + 1], retention_s)
-  end
+  wg_hset_many(tx_key, fields, retention_s)
 end
 
 local balance = wg_get(account_key, balance_field)
@@ -70,9 +68,7 @@ if not state then
     'player', player, 'currency', currency, 'delta', '0', 'bal', balance, 'seq', seq,
     'created_us', now_us, 'id', bet_id, 'cancelled_by', tx_name,
   }
-  for i = 1, #fields, 2 do
-    wg_hset(bet_key, fields[i], fields[i + 1], retention_s)
-  end
+  wg_hset_many(bet_key, fields, retention_s)
   store('applied', '1', '0', balance, seq, now_us, 'tombstone')
   wg_journal(currency, seq, 'tombstone', '0', balance, 1)
   return {'stored', '1', balance, now_us, 'tombstone'}

@@ -52,9 +52,7 @@ local function store(state, code, delta, balance, seq, now_us)
     'player', player, 'currency', currency, 'delta', delta, 'bal', balance, 'seq', seq,
     'created_us', now_us, 'id', win_id, 'round', round, 'amount', amount_units,
   }
-  for i = 1, #fields, 2 do
-    wg_hset(tx_key, fields[i], fields[i + 1], retention_s)
-  end
+  wg_hset_many(tx_key, fields, retention_s)
 end
 
 if stored[2] == 'tombstone' then
