@@ -179,3 +179,22 @@ def test_locust_headless(tmp_path: Path, served: tuple[Path, int]) -> None:
     bad_sign = [row for name, row in rows.items() if name.startswith("[bad sign]")]
     assert sum(int(row["Request Count"]) for row in bad_sign) > 0, sorted(rows)
     assert any(name.startswith("[retry]") for name in rows), sorted(rows)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("script", "figure"),
+    [("native_micro.py", "ratio"), ("ledger_micro.py", "ops/s"), ("journal_micro.py", "speed-up")],
+)
+def test_micro_benchmarks_quick(script: str, figure: str) -> None:
+    """Each micro-benchmark runs its ``--quick`` mode to the end and prints its figures."""
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=170,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert figure in completed.stdout, completed.stdout[-3000:]
