@@ -1,5 +1,9 @@
 """Lua scripts: read once from ``ledger/lua/*.lua`` with the shared prelude prepended.
 
+A script may also name shared parts of its own family with lines ``-- include: _<name>``;
+those files (underscore-prefixed, never scripts themselves) go between the prelude and the
+script, in the order named, so that two scripts of one family keep one copy of what they share.
+
 Each script is called with EVALSHA; a runner that gets NOSCRIPT (a restarted or failed-over
 Redis) sends the full source once with EVAL, which also caches it again on the server.
 """
@@ -12,6 +16,7 @@ from functools import cache
 from importlib import resources
 
 PRELUDE_NAME = "_prelude"
+INCLUDE_MARK = "-- include: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +32,17 @@ def _read(name: str) -> str:
 
 @cache
 def load_script(name: str) -> Script:
-    """The script ``lua/<name>.lua`` with the prelude prepended (cached for the process)."""
-    assert not name.startswith("_"), "the prelude is not a script of its own"
-    source = (_read(PRELUDE_NAME) + "\n" + _read(name)).encode("utf-8")
+    """The script ``lua/<name>.lua`` after the prelude and its includes (cached per process)."""
+    assert not name.startswith("_"), "the prelude and includes are not scripts of their own"
+    body = _read(name)
+    includes = [
+        line.removeprefix(INCLUDE_MARK).strip()
+        for line in body.splitlines()
+        if line.startswith(INCLUDE_MARK)
+    ]
+    assert all(part.startswith("_") and part != PRELUDE_NAME for part in includes), includes
+    parts = [_read(PRELUDE_NAME), *(_read(part) for part in includes), body]
+    source = "\n".join(parts).encode("utf-8")
     return Script(
         name=name, source=source, sha=hashlib.sha1(source, usedforsecurity=False).hexdigest()
     )

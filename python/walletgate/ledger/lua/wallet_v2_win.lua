@@ -21,38 +21,16 @@
 -- still "open" becomes "settled"; that bet's record (wg:{T:P}:tx:<currency>:<id>, same hash
 -- tag, built here from the prelude's WG_PREFIX) gets settled_by = this win's key.
 
-local player = ARGV[2]
-local currency = ARGV[3]
-local protocol = ARGV[4]
-local tx_name = ARGV[5]
-local fp = ARGV[6]
-local retention_s = ARGV[8]
-local amount_units = ARGV[9]
-local win_id = ARGV[10]
-local round = ARGV[11]
-local account_key = KEYS[1]
-local tx_key = KEYS[3]
-local round_key = KEYS[4]
-local balance_field = 'bal:' .. currency
-
-local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'created_us')
-if stored[1] and stored[2] ~= 'tombstone' then
-  if stored[1] ~= fp then
-    return {'conflict', 'DUPLICATE_ID', wg_get(account_key, balance_field), '0', ''}
-  end
-  return {'replay', stored[3], stored[4], stored[5], ''}
-end
-if redis.call('EXISTS', account_key) == 0 then
-  return {'unknown', '', '0', '0', ''}
+-- include: _wallet_v2_money
+local win_id = money_id
+local stored = v2_stored()
+local early = v2_answer_stored(stored)
+if early then
+  return early
 end
 
 local function store(state, code, delta, balance, seq, now_us)
-  local fields = {
-    'fp', fp, 'state', state, 'code', code, 'op', 'win', 'protocol', protocol,
-    'player', player, 'currency', currency, 'delta', delta, 'bal', balance, 'seq', seq,
-    'created_us', now_us, 'id', win_id, 'round', round, 'amount', amount_units,
-  }
-  wg_hset_many(tx_key, fields, retention_s)
+  v2_store('win', state, code, delta, balance, seq, now_us)
 end
 
 if stored[2] == 'tombstone' then
