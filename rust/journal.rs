@@ -20,7 +20,7 @@
 //! * the key map expires `max(ttl)` seconds (or the configured TTL when that is 0) after the
 //!   record's second; other keys are the `tx:` keys of `fx` besides the record's own, sorted.
 
-use crate::json::{self, Value};
+use crate::json::{self, Value, STRING_STOP};
 
 /// The fields of a stream entry that the journal line names (see `wg_journal` in the Lua
 /// prelude): their positions in the table of fields found (see [`field_index`]).
@@ -296,19 +296,6 @@ fn write_result(text: &str, out: &mut Vec<u8>) -> Option<()> {
     }
     Some(())
 }
-
-/// Bytes orjson escapes in a string: `"`, `\` and the control characters.
-static ESCAPE: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = true;
-        i += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
 
 /// A JSON string exactly as orjson writes it: only `"`, `\` and control characters are escaped
 /// (`\b \t \n \f \r` short, the others as lowercase `\u00xx`); everything else is raw UTF-8.
@@ -708,7 +695,7 @@ fn find_escape(bytes: &[u8], from: usize) -> usize {
         position += 8;
     }
     while let Some(&byte) = bytes.get(position) {
-        if ESCAPE[usize::from(byte)] {
+        if STRING_STOP[usize::from(byte)] {
             break;
         }
         position += 1;
@@ -920,7 +907,7 @@ mod tests {
             for at in 0..24 {
                 let mut input = vec![b'a'; 24];
                 input[at] = special;
-                let naive = input.iter().position(|&b| ESCAPE[usize::from(b)]);
+                let naive = input.iter().position(|&b| STRING_STOP[usize::from(b)]);
                 assert_eq!(
                     find_escape(&input, 0),
                     naive.unwrap_or(24),
@@ -931,7 +918,7 @@ mod tests {
         for from in 0..=bytes.len() {
             let naive = bytes[from..]
                 .iter()
-                .position(|&b| ESCAPE[usize::from(b)])
+                .position(|&b| STRING_STOP[usize::from(b)])
                 .map_or(bytes.len(), |i| from + i);
             assert_eq!(find_escape(bytes, from), naive, "from {from}");
         }

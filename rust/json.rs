@@ -146,8 +146,9 @@ pub trait Builder {
 // The reader
 // ---------------------------------------------------------------------------------------------
 
-/// Bytes that end the fast scan of a string: `"`, `\` and control characters.
-static STRING_STOP: [bool; 256] = {
+/// Bytes a JSON string cannot hold as they are: `"`, `\` and control characters. They end the
+/// reader's fast scan of a string, and the journal writer escapes exactly these.
+pub(crate) static STRING_STOP: [bool; 256] = {
     let mut table = [false; 256];
     let mut i = 0;
     while i < 0x20 {
