@@ -21,7 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from walletgate.logs import AccessLog
 from walletgate.metrics import Metrics
-from walletgate.protocols.common import LOG_SCOPE_KEY, BodyRequest, read_bounded
+from walletgate.protocols.common import (
+    LOG_SCOPE_KEY,
+    BodyRequest,
+    declared_too_large,
+    read_bounded,
+)
 
 logger = logging.getLogger("walletgate")
 FALLBACK_BODY = b'{"error":"internal"}'
@@ -60,7 +65,7 @@ class AccessMiddleware:
         # A declared length over the bound is answered without reading the body at all.
         body = (
             None
-            if _declared_too_large(scope["headers"], self.max_body_bytes)
+            if declared_too_large(scope["headers"], self.max_body_bytes)
             else await read_bounded(receive, self.max_body_bytes)
         )
         response = await endpoint(BodyRequest(scope, receive, body))
@@ -125,11 +130,3 @@ class AccessMiddleware:
         }
         record.update(info["refs"])
         self.access_log.emit(record)
-
-
-def _declared_too_large(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> bool:
-    """A ``content-length`` header that is not a number or exceeds ``max_body_bytes``."""
-    for name, value in headers:
-        if name == b"content-length":
-            return not value.isdigit() or int(value) > max_body_bytes
-    return False

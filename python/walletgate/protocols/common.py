@@ -8,6 +8,7 @@ middleware emits it, so a handler never formats a log line itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,27 +69,30 @@ class JsonResponse(Response):
         ]
 
 
+def declared_too_large(headers: Sequence[tuple[bytes, bytes]], max_body_bytes: int) -> bool:
+    """A ``content-length`` header (the raw ASGI headers) that is not a number or exceeds
+    ``max_body_bytes``: such a body is refused without being read."""
+    for name, value in headers:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > max_body_bytes
+    return False
+
+
 async def read_bounded(receive: Receive, max_body_bytes: int) -> bytes | None:
     """The whole body from ASGI ``receive``, or ``None`` once it exceeds ``max_body_bytes``
     (the rest is not read: the connection answers and is done with the request)."""
     message = await receive()
-    body: bytes = message.get("body", b"")
-    if len(body) > max_body_bytes:
-        return None
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
+    chunks: list[bytes] = [message.get("body", b"")]
+    size = len(chunks[0])
+    while size <= max_body_bytes and message.get("more_body", False):
         message = await receive()
         if message["type"] != "http.request":
             break  # a disconnect: what arrived is all there is, and nobody reads the answer
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_body_bytes:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+    if size > max_body_bytes:
+        return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes:
@@ -97,8 +101,7 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
         if request.preread_body is None or len(request.preread_body) > max_body_bytes:
             raise BodyTooLarge
         return request.preread_body
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > max_body_bytes):
+    if declared_too_large(request.scope["headers"], max_body_bytes):
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
