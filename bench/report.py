@@ -338,18 +338,10 @@ def charts(results: dict[str, Any], out: Path) -> list[str]:
     if all(r["bare"] for r in rows):
         bare_rps = [r["bare"]["rps"] for r in rows]
         axis.plot(x, bare_rps, "s--", color="tab:orange", label="bare Starlette + Granian")
-    axis.set_xlabel("connections (wrk, 2 threads)")
-    axis.set_ylabel("requests / s")
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(x, [str(v) for v in x])
-    axis.set_ylim(bottom=0)
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    axis.set_title(_title("Throughput vs concurrency", results))
-    figure.tight_layout()
-    figure.savefig(out / "throughput.png", dpi=120)
-    plt.close(figure)
-    written.append("throughput.png")
+    title = _title("Throughput vs concurrency", results)
+    written.append(
+        _write_chart(plt, figure, axis, x, "requests / s", title, out / "throughput.png")
+    )
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for target, color in (("walletgate", "tab:blue"), ("bare", "tab:orange")):
@@ -358,19 +350,28 @@ def charts(results: dict[str, Any], out: Path) -> list[str]:
         for percentile, style in (("p50", "o-"), ("p99", "^--")):
             values = [r[target]["latency_ms"][percentile] for r in rows]
             axis.plot(x, values, style, color=color, label=f"{target} {percentile}")
+    title = _title("Latency vs concurrency", results)
+    written.append(_write_chart(plt, figure, axis, x, "latency (ms)", title, out / "latency.png"))
+    return written
+
+
+def _write_chart(
+    plt: Any, figure: Any, axis: Any, x: list[int], ylabel: str, title: str, path: Path
+) -> str:
+    """Finish a chart on the axes both share (connections on a log-2 scale, values from 0),
+    write it as PNG, free it, and give its file name."""
     axis.set_xlabel("connections (wrk, 2 threads)")
-    axis.set_ylabel("latency (ms)")
+    axis.set_ylabel(ylabel)
     axis.set_xscale("log", base=2)
     axis.set_xticks(x, [str(v) for v in x])
     axis.set_ylim(bottom=0)
     axis.grid(True, alpha=0.3)
     axis.legend()
-    axis.set_title(_title("Latency vs concurrency", results))
+    axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(out / "latency.png", dpi=120)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
-    written.append("latency.png")
-    return written
+    return path.name
 
 
 def _title(what: str, results: dict[str, Any]) -> str:
