@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -224,6 +224,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             *cpu_rows,
         ]
+    lines += budget_markdown(results)
     details = []
     for run in results.get("walletgate", []) + results.get("bare", []):
         # The baseline replays its requests by design; only walletgate's must be unique.
@@ -261,6 +262,78 @@ def markdown(results: dict[str, Any]) -> str:
     if profile:
         lines += ["", *profile_markdown(profile)]
     return "\n".join(lines) + "\n"
+
+
+# The processes one request needs, whatever serves it: the server (and its journal sidecar),
+# Redis, the load generator and the loopback interrupts. "other" and "steal" are left out:
+# they are the machine's noise, not the cost of a request.
+BUDGET_PARTS: Final = ("server", "journal", "redis", "wrk", "irq")
+
+
+def cpu_per_request_us(cores: dict[str, float], rps: float) -> dict[str, float] | None:
+    """CPU µs per request of each part in BUDGET_PARTS and their "total", or None without rps."""
+    if rps <= 0:
+        return None
+    parts = {part: 1e6 * cores.get(part, 0.0) / rps for part in BUDGET_PARTS}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def cpu_budget(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the machine's CPU allows, per concurrency level with both targets measured.
+
+    When both runs saturate the same cores, the throughput ratio tends to the inverse ratio of
+    their CPU per request (``ratio_at_equal_cpu``). ``ratio_bound_redis`` is the ratio even a
+    gateway whose own work cost no more than the bare endpoint's would reach, because Redis
+    (and the journal sidecar) run on the same cores: bare / (bare + Redis + journal).
+    """
+    rows = []
+    for level in _levels(results):
+        wg, bare = level["walletgate"], level["bare"]
+        if not bare or not wg.get("cpu_cores") or not bare.get("cpu_cores"):
+            continue
+        wg_us = cpu_per_request_us(wg["cpu_cores"], wg["rps"])
+        bare_us = cpu_per_request_us(bare["cpu_cores"], bare["rps"])
+        if wg_us is None or bare_us is None or wg_us["total"] <= 0:
+            continue
+        extra_us = wg_us["redis"] + wg_us["journal"]
+        rows.append(
+            {
+                "connections": wg["connections"],
+                "walletgate_us": wg_us,
+                "bare_us": bare_us,
+                "ratio_measured": level["ratio"],
+                "ratio_at_equal_cpu": bare_us["total"] / wg_us["total"],
+                "ratio_bound_redis": bare_us["total"] / (bare_us["total"] + extra_us),
+            }
+        )
+    return rows
+
+
+def budget_markdown(results: dict[str, Any]) -> list[str]:
+    rows = cpu_budget(results)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "CPU budget: machine CPU µs per request (server + journal + Redis + wrk + irq, as "
+        "above). At equal CPU the ratio tends to bare/walletgate; the Redis bound is the ratio "
+        "a gateway whose own work cost no more than the bare endpoint's would still reach, "
+        "since Redis and the journal sidecar share these cores:",
+        "",
+        "| connections | walletgate µs/req | of which server | of which Redis | bare µs/req "
+        "| measured ratio | ratio at equal CPU | Redis bound |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        wg_us, bare_us = row["walletgate_us"], row["bare_us"]
+        lines.append(
+            f"| {row['connections']} | {_fmt(wg_us['total'], 0)} | {_fmt(wg_us['server'], 0)} | "
+            f"{_fmt(wg_us['redis'], 0)} | {_fmt(bare_us['total'], 0)} | "
+            f"{_pct(row['ratio_measured'])} | {_pct(row['ratio_at_equal_cpu'])} | "
+            f"{_pct(row['ratio_bound_redis'])} |"
+        )
+    return lines
 
 
 def _per_request(cores: dict[str, float], rps: float) -> str:
@@ -382,6 +455,7 @@ def _title(what: str, results: dict[str, Any]) -> str:
 
 def write_all(results: dict[str, Any], out: Path) -> None:
     results["charts"] = charts(results, out)
+    results["cpu_budget"] = cpu_budget(results)
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     (out / "results.md").write_text(markdown(results), encoding="utf-8")
 

@@ -58,9 +58,60 @@ def test_bench_run_quick(tmp_path: Path) -> None:
     for run in results["walletgate"] + results["bare"]:
         assert run["requests"] > 0
         assert run["latency_ms"]["p99"] >= run["latency_ms"]["p50"] > 0
-    assert (run_dir / "results.md").exists()
+    [budget] = results["cpu_budget"]
+    assert budget["walletgate_us"]["redis"] > 0 and budget["bare_us"]["redis"] == 0
+    assert budget["ratio_at_equal_cpu"] > 0 and 0 < budget["ratio_bound_redis"] < 1
+    assert "Redis bound" in (run_dir / "results.md").read_text(encoding="utf-8")
     assert (run_dir / "throughput.png").stat().st_size > 0
     assert (run_dir / "latency.png").stat().st_size > 0
+
+
+def _run(name: str, target: str, rps: float, cores: dict[str, float]) -> dict[str, object]:
+    return {
+        "name": name,
+        "target": target,
+        "connections": 64,
+        "rps": rps,
+        "cpu_cores": cores,
+        "latency_ms": {"p50": 1.0, "p99": 2.0},
+    }
+
+
+def test_cpu_budget_arithmetic() -> None:
+    sys.path.insert(0, str(BENCH))
+    import report
+
+    # walletgate: 1,000 req/s on 0.2 + 0.05 + 0.1 + 0.03 + 0.02 cores = 400 µs per request, of
+    # which Redis 100 and the journal 50; bare: 2,000 req/s on 0.2 cores = 100 µs per request.
+    results = {
+        "walletgate": [
+            _run(
+                "walletgate-c64",
+                "walletgate",
+                1000.0,
+                {
+                    "server": 0.2,
+                    "journal": 0.05,
+                    "redis": 0.1,
+                    "wrk": 0.03,
+                    "irq": 0.02,
+                    "other": 0.5,
+                    "steal": 0.3,
+                },
+            )
+        ],
+        "bare": [_run("bare-c64", "bare", 2000.0, {"server": 0.16, "wrk": 0.04, "other": 0.9})],
+    }
+    [row] = report.cpu_budget(results)
+    assert row["walletgate_us"]["total"] == pytest.approx(400.0)
+    assert row["bare_us"]["total"] == pytest.approx(100.0)
+    assert row["ratio_measured"] == pytest.approx(0.5)
+    assert row["ratio_at_equal_cpu"] == pytest.approx(0.25)
+    assert row["ratio_bound_redis"] == pytest.approx(100.0 / 250.0)
+    # A level without its baseline, or without a rate, gives no row instead of a division by 0.
+    assert report.cpu_budget({"walletgate": results["walletgate"], "bare": []}) == []
+    results["walletgate"][0]["rps"] = 0.0
+    assert report.cpu_budget(results) == []
 
 
 def _config(directory: Path, redis_url: str, port: int) -> Path:
