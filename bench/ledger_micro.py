@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -63,6 +63,7 @@ TTL_S = "3600"
 # (almost) all distinct, like the Python side's, and of the same length.
 KEYSPACE = 100_000_000
 WARMUP_OPS = 2_000
+Result = TypeVar("Result")
 REDIS_START_TIMEOUT_S = 10.0
 
 
@@ -73,8 +74,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def own_redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, without persistence."""
+def own_redis_server(*, appendonly: bool = False) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port: no RDB, AOF (``everysec``) only when
+    ``appendonly``."""
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server is not installed; install it or pass --redis-url")
@@ -83,7 +85,8 @@ def own_redis_server() -> Iterator[str]:
         process = subprocess.Popen(
             [
                 *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "no", "--dir", directory, "--protected-mode", "no"),
+                *("--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec"),
+                *("--dir", directory, "--protected-mode", "no"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -104,7 +107,7 @@ def own_redis_server() -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def run_loop(main: Callable[[], Coroutine[Any, Any, float]]) -> float:
+def run_loop(main: Callable[[], Coroutine[Any, Any, Result]]) -> Result:
     """Run on uvloop when it is installed: the gateway runs on it (a granian extra)."""
     try:
         import uvloop

@@ -249,3 +249,30 @@ def test_micro_benchmarks_quick(script: str, figure: str) -> None:
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert figure in completed.stdout, completed.stdout[-3000:]
+
+
+@pytest.mark.timeout(180)
+def test_script_cost_quick() -> None:
+    """The Redis-side cost benchmark measures real bets: each one runs the journal's XADD and
+    the tx record's HSET inside its EVALSHA, and costs Redis more than an empty script call."""
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "script_cost.py"), "--quick", "--aof", "off"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=170,
+        check=False,
+    )
+    output = completed.stdout
+    assert completed.returncode == 0, output[-3000:] + completed.stderr[-3000:]
+    rows = {
+        line[:28].strip(): [float(cell) for cell in line[28:].split()]
+        for line in output.splitlines()
+        if line.startswith("AOF ")
+    }
+    bet, empty = rows["AOF off change_balance bet"], rows["AOF off empty"]
+    # Columns: server µs, EVALSHA µs, nested µs, Lua+glue µs.
+    assert bet[0] > empty[0] > 0, output
+    assert bet[2] > 0 and empty[2] == 0, output
+    nested = output.split("nested commands of one bet")[1]
+    assert "xadd" in nested and "hset" in nested, output
