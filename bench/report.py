@@ -486,6 +486,127 @@ def compare(directories: Sequence[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- the issue's targets, over interleaved rounds (bench/run --targets N) --------------------
+
+TARGET_CONNECTIONS: Final = 64
+TARGET_RATIO: Final = 0.75
+TARGET_P99_MS: Final = 15.0
+TARGET_JOURNAL_COST: Final = 0.10
+# The configurations of one round, run in this order: the baseline (1 worker, journal on, with
+# the bare app), then the same without the journal, then with 2 workers.
+TARGET_CONFIGS: Final = ("baseline", "journal off", "2 workers")
+
+
+def target_level(connections: Sequence[int]) -> int:
+    """The concurrency the targets are read at: 64 when the ladder has it, else its top."""
+    return TARGET_CONNECTIONS if TARGET_CONNECTIONS in connections else max(connections)
+
+
+def _run_at(results: dict[str, Any], side: str, connections: int) -> dict[str, Any]:
+    for run in results.get(side, []):
+        if run["connections"] == connections:
+            return dict(run)
+    raise ValueError(f"no {side} run at {connections} connections")
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def targets(rounds: Sequence[dict[str, dict[str, Any]]], connections: int) -> dict[str, Any]:
+    """The issue's four targets from interleaved rounds, each round a results.json per config
+    (TARGET_CONFIGS). Every figure is a per-round value first (a ratio within one round, where
+    the configurations ran minutes apart), then the median over rounds, so that drift of the
+    machine between rounds cancels out instead of deciding the verdict.
+    """
+    assert rounds, "at least one round"
+    ratio, p99_ms, journal_cost, workers_gain = [], [], [], []
+    rps: dict[str, list[float]] = {config: [] for config in TARGET_CONFIGS}
+    nonsuccess = 0
+    checks_ok = True
+    for round_results in rounds:
+        assert set(round_results) == set(TARGET_CONFIGS), sorted(round_results)
+        runs = {
+            config: _run_at(results, "walletgate", connections)
+            for config, results in round_results.items()
+        }
+        bare = _run_at(round_results["baseline"], "bare", connections)
+        for config, run in runs.items():
+            rps[config].append(float(run["rps"]))
+            nonsuccess += int(run["nonsuccess"])
+        for results in round_results.values():
+            verdict = results.get("verdict", {})
+            checks_ok &= bool(verdict.get("money_ok")) and bool(verdict.get("journal_verify_ok"))
+        baseline_rps = float(runs["baseline"]["rps"])
+        ratio.append(baseline_rps / float(bare["rps"]))
+        p99_ms.append(float(runs["baseline"]["latency_ms"]["p99"]))
+        journal_cost.append(1 - baseline_rps / float(runs["journal off"]["rps"]))
+        workers_gain.append(float(runs["2 workers"]["rps"]) / baseline_rps - 1)
+
+    def target(values: list[float], goal: str, met: bool) -> dict[str, Any]:
+        return {"per_round": values, "median": _median(values), "goal": goal, "met": met}
+
+    return {
+        "connections": connections,
+        "rounds": len(rounds),
+        "median_rps": {config: _median(values) for config, values in rps.items()},
+        "nonsuccess": nonsuccess,
+        "checks_ok": checks_ok,
+        "ratio": target(
+            ratio,
+            f">= {TARGET_RATIO:.0%}, zero non-success",
+            _median(ratio) >= TARGET_RATIO and nonsuccess == 0,
+        ),
+        "p99_ms": target(p99_ms, f"< {TARGET_P99_MS:g} ms", _median(p99_ms) < TARGET_P99_MS),
+        "journal_cost": target(
+            journal_cost,
+            f"< {TARGET_JOURNAL_COST:.0%}",
+            _median(journal_cost) < TARGET_JOURNAL_COST,
+        ),
+        "workers_gain": target(workers_gain, "> 0", _median(workers_gain) > 0),
+    }
+
+
+def targets_markdown(summary: dict[str, Any]) -> str:
+    rounds, level = summary["rounds"], summary["connections"]
+    lines = [
+        f"# walletgate targets: {rounds} interleaved round(s) at {level} connections",
+        "",
+        "Each round runs 1 worker with the journal (and the bare app), then without the "
+        "journal, then 2 workers; each figure is computed within a round, then the median over "
+        "rounds is taken.",
+        "",
+        "| target | goal | median | per round | met |",
+        "|---|---|---:|---|---|",
+    ]
+    rows = (
+        ("walletgate / bare", "ratio", _pct),
+        ("p99 latency (1 worker)", "p99_ms", lambda value: f"{value:.1f} ms"),
+        ("journal cost (1 − on/off)", "journal_cost", lambda value: f"{value * 100:.1f}%"),
+        ("2 workers over 1", "workers_gain", lambda value: f"{value * 100:+.1f}%"),
+    )
+    for title, name, show in rows:
+        target = summary[name]
+        per_round = ", ".join(show(value) for value in target["per_round"])
+        met = "yes" if target["met"] else "**no**"
+        lines.append(
+            f"| {title} | {target['goal']} | {show(target['median'])} | {per_round} | {met} |"
+        )
+    median_rps = ", ".join(
+        f"{config} {value:,.0f}" for config, value in summary["median_rps"].items()
+    )
+    lines += [
+        "",
+        f"Median walletgate req/s: {median_rps}. Non-success answers: {summary['nonsuccess']}. "
+        f"Money checks and `journal verify`: {'OK' if summary['checks_ok'] else '**FAILED**'}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)

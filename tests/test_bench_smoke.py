@@ -114,6 +114,100 @@ def test_cpu_budget_arithmetic() -> None:
     assert report.cpu_budget(results) == []
 
 
+def _results(rps: float, p99_ms: float, bare_rps: float | None = None) -> dict[str, object]:
+    """A results.json with one walletgate run (and one bare run) at 64 connections."""
+    walletgate = _run("walletgate-c64", "walletgate", rps, {})
+    walletgate["latency_ms"] = {"p50": 1.0, "p99": p99_ms}
+    walletgate["nonsuccess"] = 0
+    results: dict[str, object] = {
+        "walletgate": [walletgate],
+        "verdict": {"money_ok": True, "journal_verify_ok": True},
+    }
+    if bare_rps is not None:
+        results["bare"] = [_run("bare-c64", "bare", bare_rps, {})]
+    return results
+
+
+def test_targets_arithmetic() -> None:
+    """Each target is computed within a round, then the median over rounds decides."""
+    sys.path.insert(0, str(BENCH))
+    import report
+
+    def round_of(
+        baseline: float, bare: float, off: float, two: float, p99: float
+    ) -> dict[str, object]:
+        return {
+            "baseline": _results(baseline, p99, bare),
+            "journal off": _results(off, 1.0),
+            "2 workers": _results(two, 1.0),
+        }
+
+    rounds = [
+        # Round 1: ratio 0.8, journal cost 1 - 800/1000 = 0.2, 2 workers -10 %.
+        round_of(800.0, 1000.0, 1000.0, 720.0, 10.0),
+        # Round 2: a slower machine, same ratio and journal cost 0.05; 2 workers +10 %.
+        round_of(400.0, 500.0, 421.0526315789474, 440.0, 20.0),
+        # Round 3: ratio 0.5, journal cost 0, 2 workers +5 %.
+        round_of(500.0, 1000.0, 500.0, 525.0, 12.0),
+    ]
+    summary = report.targets(rounds, 64)
+    assert summary["ratio"]["per_round"] == pytest.approx([0.8, 0.8, 0.5])
+    assert summary["ratio"]["median"] == pytest.approx(0.8) and summary["ratio"]["met"]
+    assert summary["p99_ms"]["median"] == pytest.approx(12.0) and summary["p99_ms"]["met"]
+    assert summary["journal_cost"]["per_round"] == pytest.approx([0.2, 0.05, 0.0])
+    assert summary["journal_cost"]["median"] == pytest.approx(0.05)
+    assert summary["journal_cost"]["met"]
+    assert summary["workers_gain"]["median"] == pytest.approx(0.05)
+    assert summary["workers_gain"]["met"]
+    assert summary["median_rps"]["baseline"] == pytest.approx(500.0)
+    assert summary["checks_ok"] and summary["nonsuccess"] == 0
+    assert "| walletgate / bare |" in report.targets_markdown(summary)
+    # One non-success answer fails the ratio target; a failed money check shows in the summary.
+    rounds[0]["2 workers"]["walletgate"][0]["nonsuccess"] = 1  # type: ignore[index]
+    rounds[1]["journal off"]["verdict"]["money_ok"] = False  # type: ignore[index]
+    summary = report.targets(rounds, 64)
+    assert not summary["ratio"]["met"] and summary["nonsuccess"] == 1
+    assert not summary["checks_ok"]
+    assert "FAILED" in report.targets_markdown(summary)
+    assert report.target_level([16, 64, 128]) == 64 and report.target_level([16, 32]) == 32
+
+
+@pytest.mark.timeout(180)
+def test_bench_run_targets_quick(tmp_path: Path) -> None:
+    """``bench/run --targets 1 --quick`` runs the three configurations and writes the table."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run"),
+            "--quick",
+            "--targets",
+            "1",
+            "--results",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=170,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    [targets_dir] = [p for p in tmp_path.iterdir() if p.name.endswith("-targets-quick")]
+    summary = orjson.loads((targets_dir / "targets.json").read_bytes())
+    assert summary["rounds"] == 1 and summary["connections"] == 16
+    assert summary["checks_ok"] and summary["nonsuccess"] == 0
+    [runs] = summary["runs"]
+    assert sorted(runs) == ["2 workers", "baseline", "journal off"]
+    assert {Path(directory).name.split("-", 1)[1] for directory in runs.values()} == {
+        "w1-journal-on-quick",
+        "w1-journal-off-quick",
+        "w2-journal-on-quick",
+    }
+    assert 0 < summary["ratio"]["median"] < 2
+    assert summary["median_rps"]["2 workers"] > 0
+    assert "| 2 workers over 1 |" in (targets_dir / "targets.md").read_text(encoding="utf-8")
+
+
 def _config(directory: Path, redis_url: str, port: int) -> Path:
     text = f"""
 [server]
