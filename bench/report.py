@@ -225,6 +225,7 @@ def markdown(results: dict[str, Any]) -> str:
             *cpu_rows,
         ]
     lines += budget_markdown(results)
+    lines += redis_markdown(results)
     details = []
     for run in results.get("walletgate", []) + results.get("bare", []):
         # The baseline replays its requests by design; only walletgate's must be unique.
@@ -332,6 +333,44 @@ def budget_markdown(results: dict[str, Any]) -> list[str]:
             f"{_fmt(wg_us['redis'], 0)} | {_fmt(bare_us['total'], 0)} | "
             f"{_pct(row['ratio_measured'])} | {_pct(row['ratio_at_equal_cpu'])} | "
             f"{_pct(row['ratio_bound_redis'])} |"
+        )
+    return lines
+
+
+REDIS_NESTED_SHOWN: Final = 6
+
+
+def redis_markdown(results: dict[str, Any]) -> list[str]:
+    """Redis's own accounting per request (INFO cpu and commandstats around each run)."""
+    runs = [run for run in results.get("walletgate", []) if run.get("redis")]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "Redis per request, from its own INFO around each run: main-thread CPU; the scripts "
+        "(EVALSHA: the gateway's money scripts; EVAL: the journal sidecar's read, key-map and "
+        "delete scripts), whose time includes the commands they call (the busiest shown); and "
+        "the CPU outside any command (sockets, AOF, timers):",
+        "",
+        "| run | Redis CPU µs | EVALSHA µs (calls) | EVAL µs (calls) | outside commands µs "
+        "| inside the scripts, µs |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for run in runs:
+        redis = run["redis"]
+        scripts = redis["scripts"]
+
+        def script(name: str, scripts: dict[str, Any] = scripts) -> str:
+            usage = scripts.get(name)
+            return f"{usage['us']:.1f} ({usage['calls']:g})" if usage else "–"
+
+        nested = ", ".join(
+            f"{name} {usage['us']:.1f}"
+            for name, usage in list(redis["nested"].items())[:REDIS_NESTED_SHOWN]
+        )
+        lines.append(
+            f"| {run['name']} | {redis['cpu_us']:.1f} | {script('evalsha')} | {script('eval')} "
+            f"| {redis['outside_commands_us']:.1f} | {nested} |"
         )
     return lines
 

@@ -62,6 +62,12 @@ def test_bench_run_quick(tmp_path: Path) -> None:
     assert budget["walletgate_us"]["redis"] > 0 and budget["bare_us"]["redis"] == 0
     assert budget["ratio_at_equal_cpu"] > 0 and 0 < budget["ratio_bound_redis"] < 1
     assert "Redis bound" in (run_dir / "results.md").read_text(encoding="utf-8")
+    # Redis's own accounting: every bet is one EVALSHA that runs the journal's XADD.
+    [redis_usage] = [run["redis"] for run in results["walletgate"]]
+    assert redis_usage["cpu_us"] > 0
+    assert redis_usage["scripts"]["evalsha"]["calls"] >= 1.0
+    assert redis_usage["nested"]["xadd"]["calls"] >= 1.0
+    assert "Redis per request" in (run_dir / "results.md").read_text(encoding="utf-8")
     assert (run_dir / "throughput.png").stat().st_size > 0
     assert (run_dir / "latency.png").stat().st_size > 0
 
