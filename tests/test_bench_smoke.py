@@ -65,7 +65,7 @@ def test_bench_run_quick(tmp_path: Path) -> None:
     # Redis's own accounting: every bet is one EVALSHA that runs the journal's XADD.
     [redis_usage] = [run["redis"] for run in results["walletgate"]]
     assert redis_usage["cpu_us"] > 0
-    assert redis_usage["scripts"]["evalsha"]["calls"] >= 1.0
+    assert redis_usage["top_level"]["evalsha"]["calls"] >= 1.0
     assert redis_usage["nested"]["xadd"]["calls"] >= 1.0
     assert "Redis per request" in (run_dir / "results.md").read_text(encoding="utf-8")
     assert (run_dir / "throughput.png").stat().st_size > 0

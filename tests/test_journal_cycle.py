@@ -37,6 +37,7 @@ class CountingClient:
     async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
         names = {
             writer.READ_STREAMS_LUA: "read",
+            writer.STREAM_LENGTHS_LUA: "lengths",
             writer.MAP_KEYS_LUA: "map",
             writer.DELETE_ENTRIES_LUA: "delete",
         }
@@ -127,7 +128,8 @@ def test_one_cycle_reads_writes_and_finishes_every_shard_at_once(
         return calls, status
 
     calls, status = run(scenario())
-    assert calls == {"read": 1, "map": 1, "delete": 1}
+    # Standalone: the lengths script, then one pipeline of XRANGEs (not a script call).
+    assert calls == {"lengths": 1, "map": 1, "delete": 1}
     assert trips == {SHARDS: 1}
     assert status.records_written_total == 40
     assert all(pending(redis_url, bucket) == 0 for bucket in range(SHARDS))
@@ -223,3 +225,39 @@ def test_a_disk_error_gives_up_that_shard_alone_and_it_is_written_later(
     assert status.errors_total == 1 and "shard 1: disk error" in (status.last_error or "")
     assert all(pending(redis_url, bucket) == 0 for bucket in range(SHARDS))
     assert sorted(r["bucket"] for r in on_disk(directory)) == [0, 1, 2, 3]
+
+
+def test_standalone_reader_reads_what_the_script_reads(redis_url: str) -> None:
+    """On a standalone Redis the reader takes lengths from a script and entries from plain
+    XRANGEs; for every budget and rotation it returns what READ_STREAMS_LUA (the cluster path)
+    returns, with fields as flat lists of bytes, and leaves its client's callbacks alone."""
+    for bucket, count in enumerate((5, 0, 3, 2)):
+        for index in range(count):
+            add_record(redis_url, bucket, f"p{bucket}", f"k{bucket}-{index}", index + 1)
+    streams = [keys.journal_stream_key(bucket, False) for bucket in range(SHARDS)]
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        reader = writer.StreamReader(client)
+        joined = "\n".join(streams).encode()
+        for budget in (1, 2, 4, 7, 100):
+            for rotation in range(SHARDS + 1):
+                pages = await reader.read("all", streams, budget, rotation)
+                reply = await client.eval(writer.READ_STREAMS_LUA, 0, budget, rotation, joined)
+                expected = {
+                    streams[int(reply[index]) - 1]: (
+                        int(reply[index + 1]),
+                        [(sid.decode(), flat) for sid, flat in reply[index + 2]],
+                    )
+                    for index in range(0, len(reply), 3)
+                }
+                assert pages == expected, (budget, rotation)
+                for _, entries in pages.values():
+                    assert all(type(field) is bytes for _, flat in entries for field in flat)
+        assert sum(len(entries) for _, entries in pages.values()) == 10
+        # The caller's client still parses XRANGE replies into (id, {field: value}) pairs.
+        [(_, fields)] = await client.xrange(streams[3], count=1)
+        assert fields[b"player"] == b"p3"
+        await client.aclose()
+
+    run(scenario())
