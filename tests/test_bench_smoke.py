@@ -35,19 +35,25 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _bench(script: str, *args: str, timeout_s: int) -> str:
+    """Run ``bench/<script> args`` to the end; its stdout (its exit status must be 0)."""
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout_s,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout
+
+
 @pytest.mark.timeout(120)
 def test_bench_run_quick(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install -y wrk)")
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "run"), "--quick", "--results", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _bench("run", "--quick", "--results", str(tmp_path), timeout_s=110)
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = orjson.loads((run_dir / "results.json").read_bytes())
     assert results["money_check"]["ok"], results["money_check"]
@@ -181,23 +187,7 @@ def test_targets_arithmetic() -> None:
 @pytest.mark.timeout(180)
 def test_bench_run_targets_quick(tmp_path: Path) -> None:
     """``bench/run --targets 1 --quick`` runs the three configurations and writes the table."""
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "run"),
-            "--quick",
-            "--targets",
-            "1",
-            "--results",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=170,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _bench("run", "--quick", "--targets", "1", "--results", str(tmp_path), timeout_s=170)
     [targets_dir] = [p for p in tmp_path.iterdir() if p.name.endswith("-targets-quick")]
     summary = orjson.loads((targets_dir / "targets.json").read_bytes())
     assert summary["rounds"] == 1 and summary["connections"] == 16
@@ -339,32 +329,15 @@ def test_locust_headless(tmp_path: Path, served: tuple[Path, int]) -> None:
 )
 def test_micro_benchmarks_quick(script: str, figure: str) -> None:
     """Each micro-benchmark runs its ``--quick`` mode to the end and prints its figures."""
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=170,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert figure in completed.stdout, completed.stdout[-3000:]
+    output = _bench(script, "--quick", timeout_s=170)
+    assert figure in output, output[-3000:]
 
 
 @pytest.mark.timeout(180)
 def test_script_cost_quick() -> None:
     """The Redis-side cost benchmark measures real bets: each one runs the journal's XADD and
     the tx record's HSET inside its EVALSHA, and costs Redis more than an empty script call."""
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "script_cost.py"), "--quick", "--aof", "off"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=170,
-        check=False,
-    )
-    output = completed.stdout
-    assert completed.returncode == 0, output[-3000:] + completed.stderr[-3000:]
+    output = _bench("script_cost.py", "--quick", "--aof", "off", timeout_s=170)
     rows = {
         line[:28].strip(): [float(cell) for cell in line[28:].split()]
         for line in output.splitlines()
