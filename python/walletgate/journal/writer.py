@@ -31,8 +31,9 @@ Redis round trips. Reads, key-map updates and deletes are one Lua call per node 
 chunk), not one command per stream or record: a cluster has 16384 streams, and redis-py spends
 far more CPU packing commands than Redis spends running them. On a standalone Redis a read is a
 script that finds the non-empty streams, then one pipeline of XRANGEs (see StreamReader): Redis
-spends about four times as much turning entries into Lua tables and back as reading them. The scripts read keys of several
-slots of their own node (``allow-cross-slot-keys``), which needs Redis 7. A cycle reads all of a
+spends about four times as much turning entries into Lua tables and back as reading them. The
+scripts read keys of several slots of their own node (``allow-cross-slot-keys``), which needs
+Redis 7. A cycle reads all of a
 writer's shards at once and writes, maps and deletes their batches together, so its round trips
 (and trips to the file thread) do not grow with the number of shards. Records are encoded by the
 native core (``rust/journal.rs``), which leaves odd and malformed entries to the Python path.
