@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,20 @@ def test_an_escaping_exception_gets_a_bare_500(
             assert orjson.loads(answer) == {"error": "internal"}
 
     asyncio.run(scenario())
+
+
+def test_startup_heap_is_frozen_out_of_full_collections(tmp_path: Path, redis_url: str) -> None:
+    """Objects that exist when the app has started are no longer walked by the collector."""
+    gc.unfreeze()
+    built_before_start: list[object] = [[]]
+    assert any(item is built_before_start for item in gc.get_objects())
+
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url):
+            assert gc.get_freeze_count() > 1000
+            assert not any(item is built_before_start for item in gc.get_objects())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.unfreeze()

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
 from walletgate.health import health_routes
+from walletgate.heap import freeze_startup_heap
 from walletgate.journal.observer import JournalObserver
 from walletgate.journal.writer import JournalWriter, WriterSettings, keymap_key
 from walletgate.ledger.connect import make_admin_client, make_runner
@@ -103,6 +104,9 @@ def create_app(
         if writer is not None:
             await writer.start()
         publisher = asyncio.get_running_loop().create_task(_publish_metrics(metrics))
+        # Everything the app built so far lives as long as the worker: keep it out of the
+        # collector's full passes (see walletgate.heap for the measured pauses).
+        freeze_startup_heap()
         try:
             yield {"context": context, "journal_writer": writer}
         finally:
