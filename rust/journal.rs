@@ -1,6 +1,6 @@
 //! The journal writer's record encoder: one pending-journal stream entry to one journal line.
 //!
-//! The reference is the Python path of `walletgate.journal.writer` (`journal_record_and_ts`,
+//! The reference is the Python path of `walletgate.journal.records` (`journal_record_and_ts`,
 //! `orjson.dumps` of the record, `meta_of`). This module produces the same bytes and the same
 //! metadata without building Python objects, but only for the entries it can prove it handles
 //! exactly as the reference does: [`encode_record`] returns `None` for everything else (a

@@ -25,7 +25,8 @@ import redis
 import redis.asyncio
 
 from walletgate.config import Config, RedisConfig, parse_config
-from walletgate.journal import replay, writer
+from walletgate.journal import replay
+from walletgate.journal.streams import connect
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import admin, keys, midas, minigame, transfer, wallet_v2
 from walletgate.ledger.connect import make_runner
@@ -179,7 +180,7 @@ class WriterRun:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.client = writer.connect(config.redis)
+        self.client = connect(config.redis)
         self.writer = JournalWriter(self.client, WriterSettings.from_config(config))
 
     async def start(self) -> WriterRun:

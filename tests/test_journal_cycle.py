@@ -18,7 +18,16 @@ import redis
 import redis.asyncio
 
 from walletgate.journal import writer
-from walletgate.journal.writer import JournalWriter, ShardFiles, WriterSettings
+from walletgate.journal.records import keymap_key
+from walletgate.journal.scripts import (
+    DELETE_ENTRIES_LUA,
+    MAP_KEYS_LUA,
+    READ_STREAMS_LUA,
+    STREAM_LENGTHS_LUA,
+)
+from walletgate.journal.segments import ShardFiles, check_layout
+from walletgate.journal.streams import StreamReader
+from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 
 SHARDS = 4
@@ -36,10 +45,10 @@ class CountingClient:
 
     async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
         names = {
-            writer.READ_STREAMS_LUA: "read",
-            writer.STREAM_LENGTHS_LUA: "lengths",
-            writer.MAP_KEYS_LUA: "map",
-            writer.DELETE_ENTRIES_LUA: "delete",
+            READ_STREAMS_LUA: "read",
+            STREAM_LENGTHS_LUA: "lengths",
+            MAP_KEYS_LUA: "map",
+            DELETE_ENTRIES_LUA: "delete",
         }
         self.calls[names.get(script, "other")] += 1
         return await self._inner.eval(script, numkeys, *args)
@@ -84,7 +93,7 @@ async def owning_every_shard(url: str, directory: Path, **overrides: Any) -> Jou
     """A writer that owns every shard and has not cycled yet (driven by the test)."""
     client = CountingClient(redis.asyncio.Redis.from_url(url))
     journal = JournalWriter(client, settings(directory, **overrides), writer_id="w")
-    writer.check_layout(directory, SHARDS, SHARDS, False)
+    check_layout(directory, SHARDS, SHARDS, False)
     await journal._maintain_leases()
     assert sorted(journal._owned) == list(range(SHARDS))
     journal._next_lease_check = math.inf  # the test decides when leases are looked at
@@ -137,7 +146,7 @@ def test_one_cycle_reads_writes_and_finishes_every_shard_at_once(
     assert len(records) == 40
     assert {(r["bucket"], r["batch"]) for r in records} == {(b, 1) for b in range(SHARDS)}
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.get(writer.keymap_key("t1", "k7")) == "p7"
+    assert client.get(keymap_key("t1", "k7")) == "p7"
     stats = client.hgetall(writer.STATS_KEY)
     assert sorted(stats) == [str(shard) for shard in range(SHARDS)]
     assert all(orjson.loads(value)["pending"] == 0 for value in stats.values())
@@ -163,8 +172,8 @@ def test_a_key_that_two_shards_name_for_two_players_in_one_cycle_is_caught(
     assert dict(status.cross_player_total) == {"admin": 1}
     assert "'shared' of tenant t1 is used by player alice and player bob" in caplog.text
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.get(writer.keymap_key("t1", "shared")) == "alice"
-    assert client.get(writer.keymap_key("t1", "own")) == "carol"
+    assert client.get(keymap_key("t1", "shared")) == "alice"
+    assert client.get(keymap_key("t1", "own")) == "carol"
     client.close()
 
 
@@ -238,12 +247,12 @@ def test_standalone_reader_reads_what_the_script_reads(redis_url: str) -> None:
 
     async def scenario() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
-        reader = writer.StreamReader(client)
+        reader = StreamReader(client)
         joined = "\n".join(streams).encode()
         for budget in (1, 2, 4, 7, 100):
             for rotation in range(SHARDS + 1):
                 pages = await reader.read("all", streams, budget, rotation)
-                reply = await client.eval(writer.READ_STREAMS_LUA, 0, budget, rotation, joined)
+                reply = await client.eval(READ_STREAMS_LUA, 0, budget, rotation, joined)
                 expected = {
                     streams[int(reply[index]) - 1]: (
                         int(reply[index + 1]),

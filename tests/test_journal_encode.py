@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from ledger_helpers import TEST_SETTINGS, make_ledger
 from walletgate import _native
-from walletgate.journal import writer
-from walletgate.journal.writer import RecordMeta, StreamEntry
+from walletgate.journal import records
+from walletgate.journal.records import RecordMeta, StreamEntry
+from walletgate.journal.streams import StreamReader
 from walletgate.ledger import keys, minigame
 from walletgate.ledger.admin import adjust
 
@@ -87,19 +88,19 @@ def entries_of(raw: list[Any]) -> list[StreamEntry]:
 
 
 def assert_same(entries: list[StreamEntry], batch: int = 5) -> None:
-    expected = writer.encode_batch_reference(entries, batch, KEYMAP_TTL_S)
-    assert writer.encode_batch(entries, batch, KEYMAP_TTL_S) == expected
+    expected = records.encode_batch_reference(entries, batch, KEYMAP_TTL_S)
+    assert records.encode_batch(entries, batch, KEYMAP_TTL_S) == expected
 
 
 def count_fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[StreamEntry]:
     seen: list[StreamEntry] = []
-    real = writer.encode_entry
+    real = records.encode_entry
 
     def counting(entry: StreamEntry, batch: int, keymap_ttl_s: int) -> tuple[bytes, RecordMeta]:
         seen.append(entry)
         return real(entry, batch, keymap_ttl_s)
 
-    monkeypatch.setattr(writer, "encode_entry", counting)
+    monkeypatch.setattr(records, "encode_entry", counting)
     return seen
 
 
@@ -110,9 +111,9 @@ def test_real_records_are_encoded_natively_and_identically(
     raw = [flat(minigame_bet(index, rng)) for index in range(1, 400)]
     raw += [flat(midas_pay(index)) for index in range(50)]
     entries = entries_of(raw)
-    expected = writer.encode_batch_reference(entries, 9, KEYMAP_TTL_S)
+    expected = records.encode_batch_reference(entries, 9, KEYMAP_TTL_S)
     fallbacks = count_fallbacks(monkeypatch)
-    data, metas = writer.encode_batch(entries, 9, KEYMAP_TTL_S)
+    data, metas = records.encode_batch(entries, 9, KEYMAP_TTL_S)
     assert fallbacks == []
     assert (data, metas) == expected
     assert data.endswith(b"\n") and data.count(b"\n") == len(entries)
@@ -167,7 +168,7 @@ def test_records_of_the_real_scripts(redis_url: str, monkeypatch: pytest.MonkeyP
         await ledger.runner.close()
         client = redis.asyncio.Redis.from_url(redis_url)
         streams = keys.all_journal_stream_keys(TEST_SETTINGS.journal_buckets, False)
-        pages = await writer.StreamReader(client).read("all", streams, 100_000)
+        pages = await StreamReader(client).read("all", streams, 100_000)
         await client.aclose()
         return [
             StreamEntry(streams.index(stream), stream, sid, fields)
@@ -177,9 +178,9 @@ def test_records_of_the_real_scripts(redis_url: str, monkeypatch: pytest.MonkeyP
 
     entries = asyncio.run(scenario())
     assert len(entries) == 2 * (1 + 7)
-    expected = writer.encode_batch_reference(entries, 4, KEYMAP_TTL_S)
+    expected = records.encode_batch_reference(entries, 4, KEYMAP_TTL_S)
     fallbacks = count_fallbacks(monkeypatch)
-    assert writer.encode_batch(entries, 4, KEYMAP_TTL_S) == expected
+    assert records.encode_batch(entries, 4, KEYMAP_TTL_S) == expected
     assert fallbacks == []
     assert not any(meta.malformed for meta in expected[1])
     assert {key for meta in expected[1] for key in meta.other_keys} == {
@@ -191,7 +192,7 @@ def test_records_of_the_real_scripts(redis_url: str, monkeypatch: pytest.MonkeyP
 
 
 def test_an_empty_batch() -> None:
-    assert writer.encode_batch([], 1, KEYMAP_TTL_S) == (b"", [])
+    assert records.encode_batch([], 1, KEYMAP_TTL_S) == (b"", [])
 
 
 # --- Odd entries, one change at a time ------------------------------------------------------
@@ -253,10 +254,10 @@ def test_unprintable_timestamps_are_quarantined(ts: str) -> None:
     """A time outside the years 1-9999 cannot be printed: both paths quarantine the entry."""
     fields = {**BASE, "ts": ts}
     entries = entries_of([flat(list(fields.items()))])
-    expected = writer.encode_batch_reference(entries, 1, KEYMAP_TTL_S)
+    expected = records.encode_batch_reference(entries, 1, KEYMAP_TTL_S)
     assert [meta.malformed for meta in expected[1]] == [True]
     assert b"outside the years 1 to 9999" in expected[0]
-    assert writer.encode_batch(entries, 1, KEYMAP_TTL_S) == expected
+    assert records.encode_batch(entries, 1, KEYMAP_TTL_S) == expected
 
 
 def test_entries_that_are_not_flat_byte_lists() -> None:
@@ -279,15 +280,15 @@ def test_entries_that_are_not_flat_byte_lists() -> None:
     # orjson cannot write a lone surrogate nor a 70-bit integer: both paths raise.
     for entry in [StreamEntry(2, "s", "\ud800-0", flat(pairs)), StreamEntry(2**70, "s", "1-0", [])]:
         with pytest.raises(TypeError):
-            writer.encode_batch_reference([entry], 1, KEYMAP_TTL_S)
+            records.encode_batch_reference([entry], 1, KEYMAP_TTL_S)
         with pytest.raises(TypeError):
-            writer.encode_batch([entry], 1, KEYMAP_TTL_S)
+            records.encode_batch([entry], 1, KEYMAP_TTL_S)
 
 
 def test_malformed_entries_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     entries = entries_of([flat([("ts", "1")]), flat(list(BASE.items()))])
     with caplog.at_level(logging.ERROR, "walletgate.journal"):
-        data, metas = writer.encode_batch(entries, 1, KEYMAP_TTL_S)
+        data, metas = records.encode_batch(entries, 1, KEYMAP_TTL_S)
     assert [m.malformed for m in metas] == [True, False]
     assert caplog.text.count("is malformed") == 1
     assert b'"malformed"' in data.split(b"\n")[0]
@@ -299,7 +300,7 @@ def test_native_arguments_that_it_does_not_handle_go_to_the_fallback() -> None:
 
     def fallback(entry: StreamEntry) -> tuple[bytes, RecordMeta]:
         calls.append(entry)
-        return writer.encode_entry(entry, 1, KEYMAP_TTL_S)
+        return records.encode_entry(entry, 1, KEYMAP_TTL_S)
 
     for batch, ttl in [(True, KEYMAP_TTL_S), (1, 2**80), (1.0, KEYMAP_TTL_S)]:
         _native.encode_journal_batch(entries, batch, ttl, RecordMeta, fallback)  # type: ignore[arg-type]
@@ -414,8 +415,8 @@ def test_random_entries() -> None:
     native = 0
     for round_number in range(300):
         entries = entries_of([odd_entry(rng) for _ in range(40)])
-        expected = writer.encode_batch_reference(entries, round_number, KEYMAP_TTL_S)
-        got = writer.encode_batch(entries, round_number, KEYMAP_TTL_S)
+        expected = records.encode_batch_reference(entries, round_number, KEYMAP_TTL_S)
+        got = records.encode_batch(entries, round_number, KEYMAP_TTL_S)
         assert got[0].split(b"\n") == expected[0].split(b"\n")
         assert got == expected
         native += sum(not meta.malformed for meta in got[1])
@@ -463,7 +464,7 @@ def test_the_bench_generator_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     spec.loader.exec_module(module)
     make_entries: Callable[[int], list[StreamEntry]] = module.make_entries
     entries = make_entries(2000)
-    expected = writer.encode_batch_reference(entries, 3, KEYMAP_TTL_S)
+    expected = records.encode_batch_reference(entries, 3, KEYMAP_TTL_S)
     fallbacks = count_fallbacks(monkeypatch)
-    assert writer.encode_batch(entries, 3, KEYMAP_TTL_S) == expected
+    assert records.encode_batch(entries, 3, KEYMAP_TTL_S) == expected
     assert fallbacks == []

@@ -29,7 +29,9 @@ from test_journal_writer import (
 from walletgate.config import Config, parse_config
 from walletgate.journal import replay, writer
 from walletgate.journal.commands import rebuild_command, verify_command
+from walletgate.journal.records import journal_record, keymap_key, parse_ts
 from walletgate.journal.replay import JournalRecord
+from walletgate.journal.streams import StreamReader
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.connect import make_runner
@@ -325,7 +327,7 @@ def test_verify_fails_with_2_when_redis_goes_down(fresh_redis: RedisServer, tmp_
     fresh_redis.start()
     writer_records = disk_records(config.journal.dir)
     assert len(writer_records) > 0
-    assert writer.parse_ts(writer_records[0]["ts"]) > 0
+    assert parse_ts(writer_records[0]["ts"]) > 0
 
 
 def test_verify_rechecks_accounts_that_move_while_it_reads(
@@ -393,7 +395,7 @@ def test_cluster_writer_verify_and_rebuild(redis_cluster: ClusterFixture, tmp_pa
         outcomes = await apply_operations(ledger, operations)
         await ledger.runner.close()
         client = redis.asyncio.RedisCluster.from_url(url)
-        reader = writer.StreamReader(client)
+        reader = StreamReader(client)
         assert await reader.read("all", streams, 100_000)  # records are pending
         journal = writer.JournalWriter(client, writer.WriterSettings.from_config(config))
         await journal.start()
@@ -502,7 +504,7 @@ def test_rebuild_restores_any_script_state_with_its_expiry(redis_url: str, tmp_p
     directory = config.journal.dir / "shard-00"
     directory.mkdir(parents=True)
     lines = [
-        orjson.dumps(writer.journal_record(0, f"{index + 1}-0", entry, 1)) + b"\n"
+        orjson.dumps(journal_record(0, f"{index + 1}-0", entry, 1)) + b"\n"
         for index, entry in enumerate(entries)
     ]
     (directory / "segment-000000001.jsonl").write_bytes(b"".join(lines))
@@ -516,6 +518,6 @@ def test_rebuild_restores_any_script_state_with_its_expiry(redis_url: str, tmp_p
     assert not client.exists("wg:{t7:p7}:tx:o1", "wg:{t7:p7}:tx:old")
     assert client.hgetall("wg:{t7:p7}:tx:o2") == {"state": "tombstone"}
     assert abs(client.ttl("wg:{t7:p7}:tx:o2") - 6 * 86_400) <= 5
-    assert client.get(writer.keymap_key("t7", "o2")) == "p7"
+    assert client.get(keymap_key("t7", "o2")) == "p7"
     client.close()
     assert verify(config) == (0, [])

@@ -24,6 +24,9 @@ import redis.asyncio
 from ledger_helpers import make_ledger
 from walletgate.config import Config, parse_config
 from walletgate.journal import replay, writer
+from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
+from walletgate.journal.scripts import DELETE_ENTRIES_LUA
+from walletgate.journal.segments import JournalLayoutError
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
@@ -259,7 +262,7 @@ class DeleteAuditingClient:
         return getattr(self._inner, name)
 
     async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
-        if script == writer.DELETE_ENTRIES_LUA:
+        if script == DELETE_ENTRIES_LUA:
             for _, ids in orjson.loads(args[0]):
                 self.early_deletes.extend(sid for sid in ids if sid not in self._durable)
                 self.deleted += len(ids)
@@ -420,12 +423,10 @@ def test_torn_line_and_unfinished_batch_are_recovered(redis_url: str, tmp_path: 
     segment = replay.segment_paths(config.journal.dir)[-1]
     last_batch = orjson.loads(segment.read_bytes().splitlines()[-1])["batch"]
     crashed = b"".join(
-        orjson.dumps(writer.journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
+        orjson.dumps(journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
         for sid, fields in pending[:3]
     )
-    torn = orjson.dumps(
-        writer.journal_record(0, pending[3][0].decode(), pending[3][1], last_batch + 1)
-    )
+    torn = orjson.dumps(journal_record(0, pending[3][0].decode(), pending[3][1], last_batch + 1))
     with open(segment, "ab") as handle:
         handle.write(crashed + torn[: len(torn) // 2])
     run(drain(config, **overrides))
@@ -581,9 +582,9 @@ def test_key_to_player_map_and_cross_player_keys(redis_url: str, tmp_path: Path)
     status = run(scenario())
     assert dict(status.cross_player_total) == {"admin": 1}
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.get(writer.keymap_key("t1", "admin:own")) == "carol"
-    assert client.get(writer.keymap_key("t1", "admin:shared")) in ("alice", "bob")
-    ttl_s = client.ttl(writer.keymap_key("t1", "admin:own"))
+    assert client.get(keymap_key("t1", "admin:own")) == "carol"
+    assert client.get(keymap_key("t1", "admin:shared")) in ("alice", "bob")
+    ttl_s = client.ttl(keymap_key("t1", "admin:own"))
     assert config.idempotency.ttl_s - 60 < ttl_s <= config.idempotency.ttl_s
     client.close()
 
@@ -597,7 +598,7 @@ def test_layout_change_is_refused(redis_url: str, tmp_path: Path) -> None:
         await first.start()
         await first.stop()
         other = JournalWriter(client, WriterSettings.from_config(config, shards=2))
-        with pytest.raises(writer.JournalLayoutError):
+        with pytest.raises(JournalLayoutError):
             await other.start()
         await client.aclose()
 
@@ -624,20 +625,20 @@ def test_record_conversion_edge_cases() -> None:
         b"gbal": b"20",
         b"round": b"r9",
     }
-    record = writer.journal_record(3, "1700000000123-0", fields, 12)
+    record = journal_record(3, "1700000000123-0", fields, 12)
     assert record["ts"] == "2023-11-14T22:13:20.123456Z"
-    assert writer.parse_ts(record["ts"]) == 1700000000123456
+    assert parse_ts(record["ts"]) == 1700000000123456
     assert record["result"] == 90013 and record["refs"] == {} and record["fx"] == []
     assert (record["gen_delta_units"], record["gen_after_units"]) == (-5, 20)
     assert record["extra"] == {"round": "r9"}
     assert (
-        writer.journal_record(3, "1-0", {**fields, b"result": b"INSUFFICIENT_FUNDS"}, 1)["result"]
+        journal_record(3, "1-0", {**fields, b"result": b"INSUFFICIENT_FUNDS"}, 1)["result"]
         == "INSUFFICIENT_FUNDS"
     )
-    with pytest.raises(writer.MalformedEntry):
-        writer.journal_record(3, "1-0", {**fields, b"fx": b'[["acct","bal:usd",1e+15,"0"]]'}, 1)
-    with pytest.raises(writer.MalformedEntry):
-        writer.journal_record(3, "1-0", {k: v for k, v in fields.items() if k != b"seq"}, 1)
+    with pytest.raises(MalformedEntry):
+        journal_record(3, "1-0", {**fields, b"fx": b'[["acct","bal:usd",1e+15,"0"]]'}, 1)
+    with pytest.raises(MalformedEntry):
+        journal_record(3, "1-0", {k: v for k, v in fields.items() if k != b"seq"}, 1)
 
 
 def test_a_stalled_writer_cannot_write_after_losing_its_lease(

@@ -149,7 +149,7 @@ def encode_journal_batch(
     fallback: Callable[[Any], tuple[bytes, _Meta]],
 ) -> tuple[bytes, list[_Meta]]:
     """The journal lines (each ended by a newline) and the metadata of pending-journal stream
-    entries: ``walletgate.journal.writer.encode_batch``.
+    entries: ``walletgate.journal.records.encode_batch``.
 
     Each entry is a ``StreamEntry`` (``bucket``, ``stream``, ``sid``, ``fields``). An entry whose
     ``fields`` is a flat list of ``bytes`` is encoded natively when it is provably handled

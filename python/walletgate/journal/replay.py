@@ -38,24 +38,25 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from walletgate.config import Config
-from walletgate.journal.writer import (
-    SEGMENT_PATTERN,
-    SHARD_PATTERN,
+from walletgate.journal.records import (
     MalformedEntry,
     RawFields,
-    RedisClient,
-    StreamReader,
-    connect,
     journal_record,
     keymap_key,
     max_ttl_s,
     other_transaction_keys,
     parse_ts,
     quarantine_record,
+    text,
+)
+from walletgate.journal.segments import SEGMENT_PATTERN, SHARD_PATTERN
+from walletgate.journal.streams import (
+    RedisClient,
+    StreamReader,
+    connect,
     run_per_node,
     run_pipeline,
     stream_id_order,
-    text,
 )
 from walletgate.ledger import keys
 

@@ -1,0 +1,272 @@
+"""This module keeps the journal's files: per shard, a lock and numbered JSON Lines segments.
+
+It records the journal directory's layout, takes a shard's ``flock``, appends and fsyncs a batch,
+rotates segments, and recovers a shard's tail (a torn last line, the last batch) when a writer
+takes the shard. The writer calls all of it from its file thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from walletgate.journal.records import RecordMeta, StreamEntry, encode_batch
+
+logger = logging.getLogger("walletgate.journal")
+
+LAYOUT_FILE = "layout.json"
+LAYOUT_FORMAT = 1
+LOCK_FILE = ".lock"
+SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl$")
+SHARD_PATTERN = re.compile(r"^shard-(\d{2,})$")
+TAIL_READ_CHUNK_BYTES = 1 << 16
+
+
+class JournalLayoutError(RuntimeError):
+    """The journal directory was written with other shards, buckets or cluster settings."""
+
+
+class JournalCorrupt(RuntimeError):
+    """A complete line at the tail of a segment is not a journal record."""
+
+
+class ShardBusy(RuntimeError):
+    """Another writer holds the shard's file lock."""
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def segment_name(number: int) -> str:
+    return f"segment-{number:09d}.jsonl"
+
+
+def shard_directory_name(shard: int) -> str:
+    return f"shard-{shard:02d}"
+
+
+def segment_numbers(directory: Path) -> list[int]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = (SEGMENT_PATTERN.match(name) for name in names)
+    return sorted(int(match.group(1)) for match in found if match)
+
+
+def lines_backward(descriptor: int, end: int) -> Iterator[bytes]:
+    """The complete lines of ``[0, end)`` from last to first; ``end`` must follow a newline."""
+    position = end
+    remainder = b""
+    while position > 0:
+        size = min(TAIL_READ_CHUNK_BYTES, position)
+        position -= size
+        block = os.pread(descriptor, size, position) + remainder
+        parts = block.split(b"\n")
+        remainder = parts[0]
+        for line in reversed(parts[1:]):
+            if line:
+                yield line
+    if remainder:
+        yield remainder
+
+
+def complete_end(descriptor: int, size: int) -> int:
+    """The offset just after the last newline (0 when there is none)."""
+    position = size
+    while position > 0:
+        length = min(TAIL_READ_CHUNK_BYTES, position)
+        position -= length
+        block = os.pread(descriptor, length, position)
+        index = block.rfind(b"\n")
+        if index >= 0:
+            return position + index + 1
+    return 0
+
+
+class ShardFiles:
+    """One shard's lock and open segment. Every method runs in the writer's file thread."""
+
+    def __init__(self, directory: Path, segment_max_bytes: int) -> None:
+        self.directory = directory
+        self.segment_max_bytes = segment_max_bytes
+        self.lock_descriptor: int | None = None
+        self.segment_descriptor: int | None = None
+        self.segment_number = 0
+        self.segment_size = 0
+
+    def open(self) -> tuple[list[dict[str, Any]], int]:
+        """Lock the shard and recover its tail: returns the last batch's records and its number.
+
+        Raises :class:`ShardBusy` when another writer holds the lock.
+        """
+        created = not self.directory.exists()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if created:
+            fsync_directory(self.directory.parent)
+        descriptor = os.open(
+            self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ShardBusy(str(self.directory)) from None
+        self.lock_descriptor = descriptor
+        try:
+            fsync_directory(self.directory)
+            return self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def _recover(self) -> tuple[list[dict[str, Any]], int]:
+        numbers = segment_numbers(self.directory)
+        last_records: list[dict[str, Any]] = []
+        last_batch = 0
+        for number in reversed(numbers):
+            records, batch = self._recover_segment(self.directory / segment_name(number))
+            if batch is not None:
+                last_records, last_batch = records, batch
+                break
+        if numbers:
+            newest = numbers[-1]
+            path = self.directory / segment_name(newest)
+            self.segment_descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self.segment_number = newest
+            self.segment_size = os.fstat(self.segment_descriptor).st_size
+        return last_records, last_batch
+
+    def _recover_segment(self, path: Path) -> tuple[list[dict[str, Any]], int | None]:
+        """Truncate a torn last line, then read back the lines of the segment's last batch."""
+        descriptor = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            size = os.fstat(descriptor).st_size
+            end = complete_end(descriptor, size)
+            if end < size:
+                # The bytes after the last newline are a record cut short by a crash (or zeros
+                # left by a power loss). Its stream entry was never deleted, so it is written
+                # again from Redis.
+                logger.warning(
+                    "journal: truncating %d torn bytes at the end of %s", size - end, path
+                )
+                os.ftruncate(descriptor, end)
+                os.fsync(descriptor)
+            if end:
+                # The lines may have reached only the page cache of a writer that died before
+                # its fsync; they must be durable before their stream entries are deleted.
+                os.fsync(descriptor)
+            batch: int | None = None
+            records: list[dict[str, Any]] = []
+            for line in lines_backward(descriptor, end):
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise JournalCorrupt(f"{path}: an unreadable line near the end") from None
+                if not isinstance(record, dict) or not isinstance(record.get("batch"), int):
+                    raise JournalCorrupt(f"{path}: a line near the end has no batch number")
+                if batch is None:
+                    batch = record["batch"]
+                elif record["batch"] != batch:
+                    break
+                records.append(record)
+            records.reverse()
+            return records, batch
+        finally:
+            os.close(descriptor)
+
+    def append(self, data: bytes) -> float:
+        """Append whole lines and fsync; returns the seconds the write and fsync took.
+
+        A batch never spans two segments: rotation happens only before a batch, which keeps the
+        last batch in one file for recovery (a segment exceeds the bound by at most one batch).
+        On any error the segment is cut back to its previous size and the error is raised.
+        """
+        started = time.perf_counter()
+        if self.segment_descriptor is None or self.segment_size >= self.segment_max_bytes:
+            self._rotate()
+        descriptor = self.segment_descriptor
+        assert descriptor is not None
+        previous_size = self.segment_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(descriptor, view)
+                view = view[written:]
+            os.fsync(descriptor)
+        except OSError:
+            try:
+                os.ftruncate(descriptor, previous_size)
+                os.fsync(descriptor)
+            except OSError:
+                logger.exception("journal: cannot cut %s back after a failed write", self.directory)
+            raise
+        self.segment_size += len(data)
+        return time.perf_counter() - started
+
+    def _rotate(self) -> None:
+        if self.segment_descriptor is not None:
+            os.close(self.segment_descriptor)
+            self.segment_descriptor = None
+        self.segment_number += 1
+        path = self.directory / segment_name(self.segment_number)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        self.segment_descriptor = os.open(path, flags, 0o640)
+        self.segment_size = 0
+        # The new name must survive a power loss as well as the lines written into it.
+        fsync_directory(self.directory)
+
+    def close(self) -> None:
+        if self.segment_descriptor is not None:
+            os.close(self.segment_descriptor)
+            self.segment_descriptor = None
+        if self.lock_descriptor is not None:
+            os.close(self.lock_descriptor)  # closing the descriptor releases the flock
+            self.lock_descriptor = None
+
+
+def write_batch(
+    files: ShardFiles, entries: Sequence[StreamEntry], batch: int, keymap_ttl_s: int
+) -> tuple[list[RecordMeta], float]:
+    """Encode a batch and append it (one trip to the file thread): its metadata and the seconds
+    the write and fsync took."""
+    data, metas = encode_batch(entries, batch, keymap_ttl_s)
+    return metas, files.append(data)
+
+
+def check_layout(directory: Path, shards: int, buckets: int, cluster: bool) -> None:
+    """Record the shard layout on first use and refuse a directory written with another one.
+
+    A bucket moving to another shard would hide its last batch from recovery, so the layout of a
+    journal directory never changes.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = {"format": LAYOUT_FORMAT, "shards": shards, "buckets": buckets, "cluster": cluster}
+    path = directory / LAYOUT_FILE
+    try:
+        found = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        temporary = directory / f".{LAYOUT_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        with open(temporary, "wb") as handle:
+            handle.write(orjson.dumps(wanted) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        fsync_directory(directory)
+        return
+    if found != wanted:
+        raise JournalLayoutError(f"{path} records {found}, but this writer uses {wanted}")
