@@ -5,7 +5,7 @@ Two measurements, both on generated stream entries shaped like the ones the Lua 
 in ``fx``; some payouts that also touch the bet's transaction, wallet_v2, admin and Midas
 records with the ``gdelta``/``gbal`` pair):
 
-* ``encode`` (default): :func:`walletgate.journal.writer.encode_batch` (decode, validate and
+* ``encode`` (default): :func:`walletgate.journal.records.encode_batch` (decode, validate and
   encode the entries into journal lines, plus each record's key-map and delete metadata) in
   batches of ``--batch`` entries, the best of ``--rounds`` rounds. When the module also has
   ``encode_batch_reference`` (the original pure-Python path, kept as the reference), it is timed
@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 import redis
 
-from walletgate.journal import writer
+from walletgate.journal import records
 from walletgate.ledger import keys
 
 RETENTION_S = "604800"
@@ -212,7 +212,7 @@ class EntryMaker:
         )  # fmt: skip
 
 
-def make_entries(count: int, seed: int = 7) -> list[writer.StreamEntry]:
+def make_entries(count: int, seed: int = 7) -> list[records.StreamEntry]:
     maker = EntryMaker(seed)
     streams = keys.all_journal_stream_keys(BUCKETS, False)
     ts_us = 1_721_130_791_000_000
@@ -220,16 +220,18 @@ def make_entries(count: int, seed: int = 7) -> list[writer.StreamEntry]:
     for _ in range(count):
         ts_us += maker.rng.randrange(0, 700)
         bucket, flat = maker.entry(ts_us)
-        entries.append(writer.StreamEntry(bucket, streams[bucket], f"{ts_us // 1000}-0", flat))
+        entries.append(records.StreamEntry(bucket, streams[bucket], f"{ts_us // 1000}-0", flat))
     return entries
 
 
 # --- encode ----------------------------------------------------------------------------------
 
-Encoder = Callable[[Sequence[writer.StreamEntry], int, int], tuple[bytes, list[writer.RecordMeta]]]
+Encoder = Callable[
+    [Sequence[records.StreamEntry], int, int], tuple[bytes, list[records.RecordMeta]]
+]
 
 
-def time_encoder(encode: Encoder, batches: list[list[writer.StreamEntry]], rounds: int) -> float:
+def time_encoder(encode: Encoder, batches: list[list[records.StreamEntry]], rounds: int) -> float:
     """Best round's µs per record."""
     records = sum(len(batch) for batch in batches)
     best = float("inf")
@@ -246,15 +248,15 @@ def run_encode(options: argparse.Namespace) -> None:
     size = options.batch
     batches = [entries[start : start + size] for start in range(0, len(entries), size)]
     encoders: list[tuple[str, Encoder]] = []
-    reference = getattr(writer, "encode_batch_reference", None)
+    reference = getattr(records, "encode_batch_reference", None)
     if reference is not None:
         encoders.append(("reference (pure Python)", reference))
-    encoders.append(("encode_batch", writer.encode_batch))
+    encoders.append(("encode_batch", records.encode_batch))
     if reference is not None:
         for batch in batches[:50]:
-            if writer.encode_batch(batch, 1, KEYMAP_TTL_S) != reference(batch, 1, KEYMAP_TTL_S):
+            if records.encode_batch(batch, 1, KEYMAP_TTL_S) != reference(batch, 1, KEYMAP_TTL_S):
                 sys.exit("encode_batch and encode_batch_reference disagree")
-    line_bytes = len(writer.encode_batch(entries, 1, KEYMAP_TTL_S)[0]) / len(entries)
+    line_bytes = len(records.encode_batch(entries, 1, KEYMAP_TTL_S)[0]) / len(entries)
     print(
         f"{len(entries)} records in batches of {size}, {line_bytes:.0f} bytes per journal line, "
         f"best of {options.rounds} rounds"

@@ -24,7 +24,8 @@ from walletgate.config import Config, load_config
 from walletgate.health import health_routes
 from walletgate.heap import freeze_startup_heap
 from walletgate.journal.observer import JournalObserver
-from walletgate.journal.writer import JournalWriter, WriterSettings, keymap_key
+from walletgate.journal.records import keymap_key
+from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger.connect import make_admin_client, make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings, as_str
 from walletgate.logs import AccessLog, configure_logging

@@ -42,8 +42,7 @@ Modules. This module runs the writer: its settings and status, the leases and th
 record looks like is :mod:`walletgate.journal.records`, the files on disk are
 :mod:`walletgate.journal.segments`, the reads and script calls are
 :mod:`walletgate.journal.streams`, and the Lua scripts are ``journal/lua/*.lua`` (read by
-:mod:`walletgate.journal.scripts`). ``RecordMeta``, ``StreamEntry``, ``encode_batch``,
-``encode_batch_reference`` and ``keymap_key`` can still be imported from here.
+:mod:`walletgate.journal.scripts`).
 
 Usage in a gateway worker::
 
@@ -76,12 +75,14 @@ import orjson
 from redis.exceptions import RedisError
 
 from walletgate.config import Config, ConfigError, load_config
-from walletgate.journal.records import RecordMeta as RecordMeta
-from walletgate.journal.records import StreamEntry as StreamEntry
-from walletgate.journal.records import encode_batch as encode_batch
-from walletgate.journal.records import encode_batch_reference as encode_batch_reference
-from walletgate.journal.records import family_of, meta_of, text
-from walletgate.journal.records import keymap_key as keymap_key
+from walletgate.journal.records import (
+    RecordMeta,
+    StreamEntry,
+    family_of,
+    keymap_key,
+    meta_of,
+    text,
+)
 from walletgate.journal.scripts import (
     ACQUIRE_LEASE_LUA,
     DELETE_ENTRIES_LUA,
