@@ -745,7 +745,12 @@ def test_type_6_fee_and_types_5_7(config: Config) -> None:
     async def scenario(api: Api) -> None:
         await api.fund("1006417", 100_000)
         assert await api.post(BET, bet_body("f1", money="-2.5", bet=..., type_=6)) == ok("7.5")
+        assert api.counter("minigame_positive_fees_total", ()) == 0
         assert await api.post(BET, bet_body("f2", money="2.5", bet=..., type_=6)) == ok("5")
+        assert api.counter("minigame_positive_fees_total", ()) == 1
+        # A replay of the positive fee moves nothing and is not counted again.
+        assert await api.post(BET, bet_body("f2", money="2.5", bet=..., type_=6)) == ok("5")
+        assert api.counter("minigame_positive_fees_total", ()) == 1
         assert await api.post(BET, bet_body("p5", money="1.25", bet=..., type_=5)) == ok("6.25")
         assert await api.post(BET, bet_body("p7", money="0", bet=..., type_=7)) == ok("6.25")
         cancel = bet_body("c1", money="2.5", bet="0", type_=2, cancel_order_id="f1")

@@ -35,6 +35,10 @@ HELP: dict[str, tuple[str, str]] = {
         "counter",
         "Replays that differed only in type and closed a round.",
     ),
+    "minigame_positive_fees_total": (
+        "counter",
+        "Type 6 position fees sent with a positive sign (debited like negative ones).",
+    ),
     "journal_pending_records": ("gauge", "Journal records in Redis not yet on disk."),
     "journal_oldest_pending_seconds": ("gauge", "Age of the oldest pending journal record."),
     "journal_flush_seconds": ("gauge", "Duration of the last journal flush."),

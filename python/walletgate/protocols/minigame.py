@@ -474,6 +474,9 @@ class _Handlers:
                         cancel_order_id,
                     )
             elif type_ == 6 and money > 0:
+                # The platform does not say which sign a fee has; a positive one is debited like
+                # a negative one, and counted so that operators see how often it happens.
+                self.metrics.inc("minigame_positive_fees_total")
                 logger.warning("minigame position fee with a positive sign: order_id=%s", order_id)
             note(request, FAMILY, endpoint, 1, trace_id=trace_id, order_id=order_id)
             return balance_response(result.balance_units)
