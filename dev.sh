@@ -2,7 +2,7 @@
 # walletgate developer entry point. Works on a fresh Debian machine with Python 3.11 and Rust:
 #   ./dev.sh start   install what is missing, build, start a local Redis + the gateway (demo)
 #   ./dev.sh test    install what is missing, build, run every test (cargo test + pytest)
-#   ./dev.sh lint    ruff, mypy, cargo fmt --check, cargo clippy -D warnings
+#   ./dev.sh lint    ruff, mypy, stubtest of _native.pyi, cargo fmt --check, cargo clippy -D warnings
 #   ./dev.sh setup   only the install and build steps
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,6 +39,8 @@ lint() {
   "$VENV/bin/ruff" check python tests bench
   "$VENV/bin/ruff" format --check python tests bench
   "$VENV/bin/mypy"
+  # The stub is the native module's documentation: check it against the built binary.
+  "$PY" -m mypy.stubtest walletgate._native
   cargo fmt --check
   cargo clippy --all-targets --no-default-features -- -D warnings
   cargo clippy --all-targets -- -D warnings
