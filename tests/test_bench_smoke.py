@@ -281,7 +281,9 @@ def served(tmp_path: Path, fresh_redis: RedisServer) -> Iterator[tuple[Path, int
 
 
 @pytest.mark.timeout(90)
-def test_locust_headless(tmp_path: Path, served: tuple[Path, int]) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_locust_headless(tmp_path: Path, served: tuple[Path, int], processes: int) -> None:
+    """A short headless run, in one process and forked into two (each funds its own players)."""
     config, port = served
     prefix = tmp_path / "locust"
     users = 8  # 2 of each of the 4 classes
@@ -289,6 +291,8 @@ def test_locust_headless(tmp_path: Path, served: tuple[Path, int]) -> None:
     argv += ["--config", str(BENCH / "locust.conf"), "--headless"]
     argv += ["--host", f"http://127.0.0.1:{port}", "-u", str(users), "-r", str(users)]
     argv += ["-t", "5s", "--csv", str(prefix)]
+    if processes > 1:
+        argv += ["--processes", str(processes)]
     completed = subprocess.run(
         argv,
         capture_output=True,
