@@ -168,10 +168,9 @@ class StreamReader:
                 pages.update(await self._read_standalone(stream_group, budget_per_call, rotation))
             return pages
 
+        # Only a cluster gets here, so every group names the node that serves its streams.
         async def call(stream_group: StreamGroup) -> Any:
             args = (0, budget_per_call, rotation, stream_group.joined_names)
-            if stream_group.node is None:
-                return await self._client.eval(READ_STREAMS_LUA, *args)
             return await self._client.execute_command(
                 "EVAL", READ_STREAMS_LUA, *args, target_nodes=stream_group.node
             )
