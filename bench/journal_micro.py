@@ -233,13 +233,13 @@ Encoder = Callable[
 
 def time_encoder(encode: Encoder, batches: list[list[records.StreamEntry]], rounds: int) -> float:
     """Best round's µs per record."""
-    records = sum(len(batch) for batch in batches)
+    record_count = sum(len(batch) for batch in batches)
     best = float("inf")
     for _ in range(rounds):
         started = time.process_time_ns()
         for number, batch in enumerate(batches):
             encode(batch, number + 1, KEYMAP_TTL_S)
-        best = min(best, (time.process_time_ns() - started) / 1000 / records)
+        best = min(best, (time.process_time_ns() - started) / 1000 / record_count)
     return best
 
 
