@@ -24,6 +24,7 @@ import redis.asyncio
 from ledger_helpers import make_ledger
 from walletgate.config import Config, parse_config
 from walletgate.journal import replay, writer
+from walletgate.journal.archive import open_segment
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
 from walletgate.journal.scripts import DELETE_ENTRIES_LUA
 from walletgate.journal.segments import JournalLayoutError
@@ -151,7 +152,9 @@ def disk_records(directory: Path) -> list[dict[str, Any]]:
     """Every complete line of every segment (no dedupe: tests count duplicates)."""
     records = []
     for path in replay.segment_paths(directory):
-        for raw in path.read_bytes().splitlines(keepends=True):
+        with open_segment(path) as handle:
+            data = handle.read()
+        for raw in data.splitlines(keepends=True):
             if raw.endswith(b"\n"):
                 records.append(orjson.loads(raw))
     return records

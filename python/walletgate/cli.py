@@ -1,4 +1,4 @@
-"""``walletgate serve | demo | journal verify | journal rebuild``."""
+"""``walletgate serve | demo | journal verify | journal rebuild | journal archive``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,23 @@ from pathlib import Path
 
 from walletgate import __version__
 from walletgate.config import Config, ConfigError, load_config
+from walletgate.journal.archive import DEFAULT_COMPRESS_LEVEL
 
 EXIT_CONFIG_ERROR = 2
 SIDECAR_STOP_TIMEOUT_S = 30.0
 SIDECAR_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+MAX_ARCHIVE_MIN_AGE_S = 10 * 365 * 86400
+
+
+def _seconds(text: str) -> float:
+    """A command-line duration: a finite number of seconds from 0 to ten years."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_ARCHIVE_MIN_AGE_S:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_ARCHIVE_MIN_AGE_S}")
+    return value
 
 
 class JournalSidecar:
@@ -134,9 +147,24 @@ def main(argv: list[str] | None = None) -> int:
 
     journal_parser = commands.add_parser("journal", help="journal tools")
     journal_commands = journal_parser.add_subparsers(dest="journal_command", required=True)
-    for name in ("verify", "rebuild"):
+    for name in ("verify", "rebuild", "archive"):
         sub = journal_commands.add_parser(name)
         sub.add_argument("--config", help="TOML config (default: $WALLETGATE_CONFIG)")
+        if name == "archive":
+            sub.add_argument(
+                "--level",
+                type=int,
+                choices=range(1, 10),
+                default=DEFAULT_COMPRESS_LEVEL,
+                metavar="1-9",
+                help="gzip level (default %(default)s)",
+            )
+            sub.add_argument(
+                "--min-age-s",
+                type=_seconds,
+                default=0.0,
+                help="only segments unchanged for this long (default 0)",
+            )
 
     arguments = parser.parse_args(argv)
     try:
@@ -164,11 +192,17 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url=arguments.redis_url,
             )
         if arguments.command == "journal":
-            from walletgate.journal.commands import rebuild_command, verify_command
+            from walletgate.journal.commands import (
+                archive_command,
+                rebuild_command,
+                verify_command,
+            )
 
             path = _config_path(arguments)
             if arguments.journal_command == "verify":
                 return verify_command(path)
+            if arguments.journal_command == "archive":
+                return archive_command(path, level=arguments.level, min_age_s=arguments.min_age_s)
             return rebuild_command(path)
     except ConfigError as error:
         print(f"walletgate: invalid config: {error}", file=sys.stderr)

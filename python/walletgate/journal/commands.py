@@ -1,4 +1,4 @@
-"""The ``walletgate journal verify|rebuild --config FILE`` commands (wired into cli.py).
+"""The ``walletgate journal verify|rebuild|archive --config FILE`` commands (wired into cli.py).
 
 Each loads the config, runs the replay and returns the process exit code: 0 success, 1
 differences or journal problems (printed one per line on stdout), 2 error (on stderr).
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 from walletgate.config import Config, ConfigError, load_config
 from walletgate.journal import replay
+from walletgate.journal.archive import ArchiveBusy, ArchivedSegment, ArchiveError, archive_journal
 
 
 def _load(config_path: str, command: str) -> Config | None:
@@ -46,3 +48,35 @@ def rebuild_command(config_path: str) -> int:
     elif code == 1:
         print("journal rebuild: done, but the journal has problems (listed above)", file=sys.stderr)
     return code
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / (1 << 20):,.1f} MiB"
+
+
+def archive_command(config_path: str, *, level: int, min_age_s: float) -> int:
+    """Compress the closed segments of every shard in place (see walletgate.journal.archive)."""
+    config = _load(config_path, "archive")
+    if config is None:
+        return 2
+
+    def report(segment: ArchivedSegment) -> None:
+        print(
+            f"journal archive: {segment.path}: {_mib(segment.plain_bytes)} -> "
+            f"{_mib(segment.archived_bytes)}",
+            flush=True,
+        )
+
+    directory: Path = config.journal.dir
+    try:
+        archived = archive_journal(directory, level=level, min_age_s=min_age_s, on_segment=report)
+    except (ArchiveBusy, ArchiveError, OSError) as error:
+        print(f"journal archive: {error}", file=sys.stderr)
+        return 2
+    plain_bytes = sum(segment.plain_bytes for segment in archived)
+    archived_bytes = sum(segment.archived_bytes for segment in archived)
+    print(
+        f"journal archive: {len(archived)} closed segment(s), {_mib(plain_bytes)} -> "
+        f"{_mib(archived_bytes)}"
+    )
+    return 0

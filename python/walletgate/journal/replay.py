@@ -38,6 +38,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from walletgate.config import Config
+from walletgate.journal.archive import (
+    open_segment,
+    readable_segments,
+    segment_bytes,
+    shard_directories,
+)
 from walletgate.journal.records import (
     MalformedEntry,
     RawFields,
@@ -49,7 +55,6 @@ from walletgate.journal.records import (
     quarantine_record,
     text,
 )
-from walletgate.journal.segments import SEGMENT_PATTERN, SHARD_PATTERN
 from walletgate.journal.streams import (
     RedisClient,
     StreamReader,
@@ -224,21 +229,13 @@ class Progress:
 
 
 def segment_paths(directory: Path) -> list[Path]:
-    """Every segment of every shard directory, shards in number order, segments in order."""
-    shards: list[tuple[int, Path]] = []
-    for entry in os.scandir(directory):
-        match = SHARD_PATTERN.match(entry.name)
-        if match and entry.is_dir():
-            shards.append((int(match.group(1)), Path(entry.path)))
-    paths: list[Path] = []
-    for _, shard_directory in sorted(shards):
-        segments = []
-        for entry in os.scandir(shard_directory):
-            match = SEGMENT_PATTERN.match(entry.name)
-            if match:
-                segments.append((int(match.group(1)), Path(entry.path)))
-        paths.extend(path for _, path in sorted(segments))
-    return paths
+    """Every segment of every shard directory, plain or archived, shards in number order,
+    segments in order."""
+    return [
+        path
+        for shard_directory in shard_directories(directory)
+        for path in readable_segments(shard_directory)
+    ]
 
 
 @dataclass(slots=True)
@@ -344,7 +341,7 @@ def read_segments(
     progress: Progress,
 ) -> None:
     for path in paths:
-        with open(path, "rb") as handle:
+        with open_segment(path) as handle:
             for number, raw in enumerate(handle, 1):
                 origin = f"{path}:{number}"
                 progress.advance(len(raw))
@@ -442,7 +439,7 @@ async def collect(
     if not directory.is_dir():
         raise FileNotFoundError(f"journal directory {directory} does not exist")
     paths = segment_paths(directory)
-    total_bytes = sum(path.stat().st_size for path in paths)
+    total_bytes = sum(segment_bytes(path) for path in paths)
     count = max(1, -(-total_bytes // partition_bytes))
     if work_directory is None and os.access(directory, os.W_OK):
         work_directory = directory
