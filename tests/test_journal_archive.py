@@ -87,6 +87,7 @@ def test_archive_compresses_closed_segments_and_replay_reads_them(
     assert len(plain_after) + len(archived_paths) == len(plain_before)
     for segment in archived:
         assert segment.archived_bytes * 3 < segment.plain_bytes, segment
+        assert segment.path.stat().st_mode & 0o027 == 0, "no more access than the segments"
     # The archives hold exactly the lines that were there, in the same order; zcat reads them.
     assert disk_records(directory) == records_before
     with gzip.open(archived_paths[0], "rb") as handle:

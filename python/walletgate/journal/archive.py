@@ -124,7 +124,9 @@ def archive_lock(directory: Path) -> Iterator[None]:
 def _compress(source: Path, target: Path, level: int) -> str:
     """Write source compressed to target (fsynced); the SHA-256 of source's bytes."""
     digest = hashlib.sha256()
-    with open(source, "rb") as plain, open(target, "xb") as raw:
+    # Readable by the same users as the segments themselves (the writer creates them 0640).
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    with open(source, "rb") as plain, open(descriptor, "wb") as raw:
         # No file name and a fixed time in the header: an archive depends only on its records.
         with gzip.GzipFile(
             filename="", mode="wb", compresslevel=level, fileobj=raw, mtime=0
