@@ -174,6 +174,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"{options.get('wrk_threads')}, warm-up {options.get('warmup_s')} s, measured "
         f"{options.get('duration_s')} s per level, {options.get('players')} players, "
         f"payout ratio {options.get('payout_ratio')}"
+        + (
+            f", paced at {options['rate_rps']:,.0f} req/s (Poisson arrivals per connection)"
+            if options.get("rate_rps")
+            else ", as fast as possible"
+        )
         + (" (quick)" if options.get("quick") else ""),
         "",
     ]

@@ -1,6 +1,6 @@
 -- wrk script for bench/run: replay pre-generated, pre-signed requests.
 --
---   wrk -t2 -c64 -d30s --latency -s bench/wrk_replay.lua http://127.0.0.1:PORT -- DIR MODE
+--   wrk -t2 -c64 -d30s --latency -s bench/wrk_replay.lua http://127.0.0.1:PORT -- DIR MODE [PAUSE]
 --
 -- DIR holds one file per wrk thread, requests-<n>.txt (n = 1, 2, ...), one request a line:
 --   <sign> <path?query> <body>
@@ -8,6 +8,11 @@
 -- (MODE "unique"). When a file runs out the thread starts again from its first line and counts
 -- "wrapped": in unique mode that is a replay the harness reports, in MODE "wrap" (the bare
 -- baseline) it is expected.
+--
+-- PAUSE (milliseconds, default 0) paces the load: when above 0, each connection waits an
+-- exponentially distributed time of that mean before each request (wrk's delay()), so that the
+-- requests of all connections arrive about as a Poisson stream. At 0, delay() is not defined at
+-- all: wrk then sends each request as soon as the previous answer is in, with no timer between.
 --
 -- response() classifies each answer: HTTP 200 with "code":1 is a success; anything else is
 -- counted under "http_<status>" or "code_<code>". done() prints one line "WRK_RESULT {json}"
@@ -52,6 +57,15 @@ function init(args)
    end
    file:close()
    loaded = total
+   local mean_pause_ms = tonumber(args[3] or "0") or 0
+   if mean_pause_ms > 0 then
+      math.randomseed(tid * 7919 + total)
+      -- wrk reads delay() from the first thread's state after init(), and the timer takes whole
+      -- milliseconds: round, rather than truncate, so that the mean pause stays as asked.
+      function delay()
+         return math.floor(-math.log(1 - math.random()) * mean_pause_ms + 0.5)
+      end
+   end
    if total == 0 then
       error("no requests in " .. path)
    end

@@ -78,6 +78,27 @@ def test_bench_run_quick(tmp_path: Path) -> None:
     assert (run_dir / "latency.png").stat().st_size > 0
 
 
+@pytest.mark.timeout(120)
+def test_bench_run_paced_quick(tmp_path: Path) -> None:
+    """``--rate`` paces wrk: a quick run at 200 req/s stays near that rate, far below what the
+    machine does unpaced, and the run still checks the money and the journal."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk)")
+    argv = ["--quick", "--skip-bare", "--rate", "200", "--connections", "8"]
+    _bench("run", *argv, "--results", str(tmp_path), timeout_s=110)
+    [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert run_dir.name.endswith("-rate200-quick")
+    results = orjson.loads((run_dir / "results.json").read_bytes())
+    assert results["options"]["rate_rps"] == 200
+    assert results["money_check"]["ok"], results["money_check"]
+    assert results["journal_verify"]["exit_code"] == 0, results["journal_verify"]
+    assert results["verdict"]["nonsuccess_all_phases"] == 0, results["walletgate"]
+    [run] = results["walletgate"]
+    # Each connection also waits for its answers, so the pace is reached from below.
+    assert 100 <= run["rps"] <= 240, run["rps"]
+    assert "paced at 200 req/s" in (run_dir / "results.md").read_text(encoding="utf-8")
+
+
 def _run(name: str, target: str, rps: float, cores: dict[str, float]) -> dict[str, object]:
     return {
         "name": name,
