@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import gzip
+import io
 import os
 import shutil
 import subprocess
@@ -26,12 +28,18 @@ from walletgate.journal import archive, replay
 from walletgate.journal.archive import (
     ARCHIVE_LOCK_FILE,
     ArchiveBusy,
-    ArchiveError,
     archive_journal,
     closed_segments,
+)
+from walletgate.journal.commands import archive_command
+from walletgate.journal.segments import (
+    ShardFiles,
+    open_segment,
+    segment_bytes,
+    segment_name,
+    segment_numbers,
     shard_directories,
 )
-from walletgate.journal.segments import segment_name, segment_numbers
 
 SMALL_SEGMENT_BYTES = 8192
 
@@ -59,10 +67,6 @@ def plain_and_archived(directory: Path) -> tuple[list[Path], list[Path]]:
     return plain, archived
 
 
-def applied_records(config: Config) -> int:
-    return len(disk_records(config.journal.dir))
-
-
 def test_archive_compresses_closed_segments_and_replay_reads_them(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -74,7 +78,8 @@ def test_archive_compresses_closed_segments_and_replay_reads_them(
     numbers_before = {shard: segment_numbers(shard) for shard in closed}
     assert sum(len(numbers) for numbers in closed.values()) >= 4, "the test needs closed segments"
 
-    archived = archive_journal(directory)
+    segment_mode = (shard_directories(directory)[0] / segment_name(1)).stat().st_mode
+    archived = archive_journal(directory).archived
 
     plain_after, archived_paths = plain_and_archived(directory)
     assert sorted(segment.path for segment in archived) == archived_paths
@@ -87,7 +92,7 @@ def test_archive_compresses_closed_segments_and_replay_reads_them(
     assert len(plain_after) + len(archived_paths) == len(plain_before)
     for segment in archived:
         assert segment.archived_bytes * 3 < segment.plain_bytes, segment
-        assert segment.path.stat().st_mode & 0o027 == 0, "no more access than the segments"
+        assert segment.path.stat().st_mode == segment_mode, "the segment's own mode"
     # The archives hold exactly the lines that were there, in the same order; zcat reads them.
     assert disk_records(directory) == records_before
     with gzip.open(archived_paths[0], "rb") as handle:
@@ -104,19 +109,19 @@ def test_archive_compresses_closed_segments_and_replay_reads_them(
     assert rebuild(config)[:2] == (0, [])
     assert_same_state(before, snapshot(redis_url))
     # Nothing more is closed, so a second run archives nothing.
-    assert archive_journal(directory) == []
+    assert archive_journal(directory).archived == []
 
 
 def test_the_writer_goes_on_after_an_archive(redis_url: str, tmp_path: Path) -> None:
     config = small_segment_journal(redis_url, tmp_path, 300, seed=32)
-    assert archive_journal(config.journal.dir)
+    assert archive_journal(config.journal.dir).archived
     # The writer of this populate() recovers every shard from its plain tail.
     populate(config, plan_operations(300, seed=33, players=20))
     records = disk_records(config.journal.dir)
     assert_each_record_once(records, len(records))
     assert verify(config) == (0, [])
     # Segment numbers went on from the newest plain segment: no archive was overwritten.
-    assert archive_journal(config.journal.dir)
+    assert archive_journal(config.journal.dir).archived
     assert disk_records(config.journal.dir) == records
 
 
@@ -126,9 +131,13 @@ def test_an_empty_newer_segment_keeps_the_last_batch_plain(redis_url: str, tmp_p
     numbers = segment_numbers(shard)
     # A writer that rotated and died before its first write leaves an empty newest segment.
     (shard / segment_name(numbers[-1] + 1)).touch()
-    assert closed_segments(shard) == numbers[:-1]
+    # Or one that holds only the start of a line, cut short by a crash.
+    (shard / segment_name(numbers[-1] + 2)).write_bytes(b'{"ts":"2026-')
+    # The newest segment holding a line stays plain, and so does the one before it, whose lines
+    # are the last ones sure to be on disk should the newest one's fsync fail.
+    assert closed_segments(shard) == numbers[:-2]
     archive_journal(config.journal.dir)
-    assert segment_numbers(shard) == [numbers[-1], numbers[-1] + 1]
+    assert segment_numbers(shard) == [*numbers[-2:], numbers[-1] + 1, numbers[-1] + 2]
 
 
 def test_an_interrupted_archive_is_read_once_and_finished_later(
@@ -164,8 +173,10 @@ def test_a_failed_check_leaves_the_segment_plain(
     number = closed_segments(shard)[0]
     before = sorted(path.name for path in shard.iterdir())
     monkeypatch.setattr(archive, "_digest_of_archive", lambda path: "0" * 64)
-    with pytest.raises(ArchiveError, match="does not decompress"):
-        archive_journal(config.journal.dir)
+    report = archive_journal(config.journal.dir)
+    assert report.archived == [] and report.failed
+    assert all("does not decompress" in reason for _, reason in report.failed)
+    assert (shard / segment_name(number), report.failed[0][1]) in report.failed
     assert sorted(path.name for path in shard.iterdir()) == before
     assert (shard / segment_name(number)).exists()
 
@@ -180,8 +191,8 @@ def test_one_archive_run_at_a_time_and_the_age_filter(redis_url: str, tmp_path: 
             archive_journal(directory)
     finally:
         os.close(descriptor)
-    assert archive_journal(directory, min_age_s=3600) == []
-    assert archive_journal(directory, min_age_s=0)
+    assert archive_journal(directory, min_age_s=3600).archived == []
+    assert archive_journal(directory, min_age_s=0).archived
 
 
 def test_archive_command(redis_url: str, tmp_path: Path) -> None:
@@ -214,3 +225,116 @@ def test_archive_command(redis_url: str, tmp_path: Path) -> None:
     assert run("archive", "--config", str(config_path), "--min-age-s", "-1").returncode == 2
     missing = run("archive", "--config", str(tmp_path / "missing.toml"))
     assert missing.returncode == 2 and "journal archive" in missing.stderr
+
+
+def test_an_oversized_segment_stays_plain_and_the_run_goes_on(
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = small_segment_journal(redis_url, tmp_path, 300, seed=39)
+    directory = config.journal.dir
+    closed = [
+        shard / segment_name(number)
+        for shard in shard_directories(directory)
+        for number in closed_segments(shard)
+    ]
+    sizes = sorted(path.stat().st_size for path in closed)
+    limit = sizes[len(sizes) // 2]
+    assert sizes[0] <= limit < sizes[-1], "the test needs segments on both sides of the limit"
+    monkeypatch.setattr(archive, "MAX_ARCHIVED_SEGMENT_BYTES", limit)
+    config_path = write_config_file(
+        tmp_path / "walletgate.toml",
+        redis_url,
+        directory,
+        buckets=2,
+        segment_max_bytes=SMALL_SEGMENT_BYTES,
+    )
+    assert archive_command(str(config_path), level=6, min_age_s=0) == 2
+    err = capsys.readouterr().err
+    left_plain = [path for path in closed if path.exists()]
+    assert left_plain and all(path.stat().st_size > limit for path in left_plain)
+    for path in left_plain:
+        assert f"journal archive: {path} stays plain" in err
+    assert len(left_plain) < len(closed), "the smaller segments were archived all the same"
+    assert verify(config) == (0, [])
+
+
+def test_a_missing_segment_is_listed_again_then_reported(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = small_segment_journal(redis_url, tmp_path, 300, seed=40)
+    directory = config.journal.dir
+    archive_journal(directory)
+    complete = replay.segment_paths(directory)
+    shard = shard_directories(directory)[0]
+    # A listing taken while an archive replaces a segment may show neither of its names.
+    real_listing = replay.readable_segments
+    calls = 0
+
+    def racing_listing(shard_directory: Path) -> dict[int, Path]:
+        nonlocal calls
+        calls += 1
+        found = real_listing(shard_directory)
+        if calls == 1:
+            del found[min(found) + 1]
+        return found
+
+    monkeypatch.setattr(replay, "readable_segments", racing_listing)
+    problems = replay.Problems()
+    assert replay.segment_paths(directory, problems) == complete
+    assert problems.messages == []
+    monkeypatch.setattr(replay, "readable_segments", real_listing)
+    # A segment that is really gone is reported: its records cannot be replayed.
+    gone = replay.readable_segments(shard)[2]
+    gone.rename(tmp_path / gone.name)
+    code, lines = verify(config)
+    assert code == 1
+    assert f"{shard}: segment 2 is missing (neither plain nor archived)" in lines
+
+
+def test_a_damaged_archive_fails_verify_with_2(redis_url: str, tmp_path: Path) -> None:
+    config = small_segment_journal(redis_url, tmp_path, 200, seed=41)
+    archived = archive_journal(config.journal.dir).archived[0].path
+    data = archived.read_bytes()
+    archived.write_bytes(data[: len(data) // 2])
+    out, err = io.StringIO(), io.StringIO()
+    code = asyncio.run(replay.verify(config, out=out, err=err))
+    assert code == 2
+    assert f"{archived} does not decompress" in err.getvalue()
+    assert "Traceback" not in err.getvalue() + out.getvalue()
+
+
+def test_a_segment_archived_after_it_was_listed_is_still_read(
+    redis_url: str, tmp_path: Path
+) -> None:
+    config = small_segment_journal(redis_url, tmp_path, 200, seed=42)
+    shard = shard_directories(config.journal.dir)[0]
+    number = closed_segments(shard)[0]
+    listed = shard / segment_name(number)
+    data = listed.read_bytes()
+    archive_journal(config.journal.dir)
+    assert not listed.exists()
+    assert segment_bytes(listed) == len(data)
+    with open_segment(listed) as handle:
+        assert handle.read() == data
+
+
+def test_the_writer_never_reuses_an_archived_number(redis_url: str, tmp_path: Path) -> None:
+    config = small_segment_journal(redis_url, tmp_path, 200, seed=43)
+    archive_journal(config.journal.dir)
+    shard = shard_directories(config.journal.dir)[0]
+    archived_numbers = sorted(
+        int(path.name[8:17]) for path in shard.iterdir() if path.name.endswith(".jsonl.gz")
+    )
+    # A directory tidied by hand: every plain segment moved away, only archives left.
+    for number in segment_numbers(shard):
+        (shard / segment_name(number)).rename(tmp_path / segment_name(number))
+    files = ShardFiles(shard, SMALL_SEGMENT_BYTES)
+    files.open()
+    try:
+        files.append(b'{"batch":1}\n')
+    finally:
+        files.close()
+    assert segment_numbers(shard) == [archived_numbers[-1] + 1]

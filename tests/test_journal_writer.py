@@ -24,10 +24,9 @@ import redis.asyncio
 from ledger_helpers import make_ledger
 from walletgate.config import Config, parse_config
 from walletgate.journal import replay, writer
-from walletgate.journal.archive import open_segment
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
 from walletgate.journal.scripts import DELETE_ENTRIES_LUA
-from walletgate.journal.segments import JournalLayoutError
+from walletgate.journal.segments import JournalLayoutError, open_segment
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from walletgate.config import Config, ConfigError, load_config
 from walletgate.journal import replay
-from walletgate.journal.archive import ArchiveBusy, ArchivedSegment, ArchiveError, archive_journal
+from walletgate.journal.archive import ArchiveBusy, ArchivedSegment, archive_journal
 
 
 def _load(config_path: str, command: str) -> Config | None:
@@ -55,28 +55,40 @@ def _mib(size_bytes: int) -> str:
 
 
 def archive_command(config_path: str, *, level: int, min_age_s: float) -> int:
-    """Compress the closed segments of every shard in place (see walletgate.journal.archive)."""
+    """Compress the closed segments of every shard in place (see walletgate.journal.archive).
+
+    Exit 0 when every closed segment old enough was archived, 2 when one could not be (it is
+    left plain and named on stderr) or the run stopped on an error.
+    """
     config = _load(config_path, "archive")
     if config is None:
         return 2
 
-    def report(segment: ArchivedSegment) -> None:
+    def archived(segment: ArchivedSegment) -> None:
         print(
             f"journal archive: {segment.path}: {_mib(segment.plain_bytes)} -> "
             f"{_mib(segment.archived_bytes)}",
             flush=True,
         )
 
-    directory: Path = config.journal.dir
+    def failed(path: Path, reason: str) -> None:
+        print(f"journal archive: {path} stays plain: {reason}", file=sys.stderr, flush=True)
+
     try:
-        archived = archive_journal(directory, level=level, min_age_s=min_age_s, on_segment=report)
-    except (ArchiveBusy, ArchiveError, OSError) as error:
+        report = archive_journal(
+            config.journal.dir,
+            level=level,
+            min_age_s=min_age_s,
+            on_segment=archived,
+            on_failure=failed,
+        )
+    except (ArchiveBusy, OSError) as error:
         print(f"journal archive: {error}", file=sys.stderr)
         return 2
-    plain_bytes = sum(segment.plain_bytes for segment in archived)
-    archived_bytes = sum(segment.archived_bytes for segment in archived)
+    plain_bytes = sum(segment.plain_bytes for segment in report.archived)
+    archived_bytes = sum(segment.archived_bytes for segment in report.archived)
     print(
-        f"journal archive: {len(archived)} closed segment(s), {_mib(plain_bytes)} -> "
-        f"{_mib(archived_bytes)}"
+        f"journal archive: {len(report.archived)} closed segment(s), {_mib(plain_bytes)} -> "
+        f"{_mib(archived_bytes)}" + (f"; {len(report.failed)} left plain" if report.failed else "")
     )
-    return 0
+    return 2 if report.failed else 0

@@ -20,6 +20,7 @@ record of a player is in one partition, which is all either command needs at onc
 from __future__ import annotations
 
 import asyncio
+import gzip
 import heapq
 import os
 import re
@@ -38,12 +39,6 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from walletgate.config import Config
-from walletgate.journal.archive import (
-    open_segment,
-    readable_segments,
-    segment_bytes,
-    shard_directories,
-)
 from walletgate.journal.records import (
     MalformedEntry,
     RawFields,
@@ -54,6 +49,12 @@ from walletgate.journal.records import (
     parse_ts,
     quarantine_record,
     text,
+)
+from walletgate.journal.segments import (
+    open_segment,
+    readable_segments,
+    segment_bytes,
+    shard_directories,
 )
 from walletgate.journal.streams import (
     RedisClient,
@@ -69,6 +70,8 @@ DEFAULT_PARTITION_BYTES = 128 * 1024 * 1024
 PENDING_PAGE_RECORDS = 1000
 PENDING_FIRST_READ_RECORDS = 20_000
 PIPELINE_CHUNK_COMMANDS = 2000
+SEGMENT_LISTING_RETRIES = 3
+SEGMENT_LISTING_RETRY_S = 0.2
 RESTORE_CHUNK_ITEMS = 20_000
 PROGRESS_INTERVAL_S = 1.0
 PROGRESS_CHECK_EVERY_RECORDS = 2048
@@ -228,14 +231,44 @@ class Progress:
 # --- Reading the journal ---------------------------------------------------------------------
 
 
-def segment_paths(directory: Path) -> list[Path]:
+class DamagedSegment(OSError):
+    """An archived segment that does not decompress (cut short, or not gzip at all)."""
+
+
+def _list_segments(directory: Path) -> tuple[list[Path], list[str]]:
+    paths: list[Path] = []
+    gaps: list[str] = []
+    for shard_directory in shard_directories(directory):
+        by_number = readable_segments(shard_directory)
+        if by_number:
+            first, last = min(by_number), max(by_number)
+            gaps += [
+                f"{shard_directory}: segment {number} is missing (neither plain nor archived)"
+                for number in range(first, last + 1)
+                if number not in by_number
+            ]
+        paths += [by_number[number] for number in sorted(by_number)]
+    return paths, gaps
+
+
+def segment_paths(directory: Path, problems: Problems | None = None) -> list[Path]:
     """Every segment of every shard directory, plain or archived, shards in number order,
-    segments in order."""
-    return [
-        path
-        for shard_directory in shard_directories(directory)
-        for path in readable_segments(shard_directory)
-    ]
+    segments in order.
+
+    A shard's segment numbers run without gaps. A directory listed while ``journal archive``
+    renames an archive in and removes the plain segment may show neither name, so a gap is
+    listed again a few times before it is reported (to ``problems``, when given).
+    """
+    paths, gaps = _list_segments(directory)
+    for _ in range(SEGMENT_LISTING_RETRIES):
+        if not gaps:
+            break
+        time.sleep(SEGMENT_LISTING_RETRY_S)
+        paths, gaps = _list_segments(directory)
+    if problems is not None:
+        for gap in gaps:
+            problems.add(None, gap)
+    return paths
 
 
 @dataclass(slots=True)
@@ -341,22 +374,35 @@ def read_segments(
     progress: Progress,
 ) -> None:
     for path in paths:
-        with open_segment(path) as handle:
-            for number, raw in enumerate(handle, 1):
-                origin = f"{path}:{number}"
-                progress.advance(len(raw))
-                if not raw.endswith(b"\n"):
-                    # A line cut short by a crash: its stream entry was never deleted, so the
-                    # record is either still pending in Redis or was written again later.
-                    print(f"journal: ignoring a torn last line at {origin}", file=sys.stderr)
-                    continue
-                line = raw[:-1]
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    problems.add(None, f"{origin}: unreadable line")
-                    continue
-                _accept(obj, origin, line, partitions, problems, players)
+        try:
+            _read_segment(path, partitions, problems, players, progress)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise DamagedSegment(f"{path} does not decompress: {error}") from None
+
+
+def _read_segment(
+    path: Path,
+    partitions: Partitions,
+    problems: Problems,
+    players: set[Player] | None,
+    progress: Progress,
+) -> None:
+    with open_segment(path) as handle:
+        for number, raw in enumerate(handle, 1):
+            origin = f"{path}:{number}"
+            progress.advance(len(raw))
+            if not raw.endswith(b"\n"):
+                # A line cut short by a crash: its stream entry was never deleted, so the
+                # record is either still pending in Redis or was written again later.
+                print(f"journal: ignoring a torn last line at {origin}", file=sys.stderr)
+                continue
+            line = raw[:-1]
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                problems.add(None, f"{origin}: unreadable line")
+                continue
+            _accept(obj, origin, line, partitions, problems, players)
 
 
 async def read_pending(
@@ -438,13 +484,13 @@ async def collect(
     directory = config.journal.dir
     if not directory.is_dir():
         raise FileNotFoundError(f"journal directory {directory} does not exist")
-    paths = segment_paths(directory)
+    problems = Problems()
+    paths = segment_paths(directory, problems)
     total_bytes = sum(segment_bytes(path) for path in paths)
     count = max(1, -(-total_bytes // partition_bytes))
     if work_directory is None and os.access(directory, os.W_OK):
         work_directory = directory
     partitions = Partitions(count, work_directory)
-    problems = Problems()
     try:
         if client is not None:
             await read_pending(client, config, partitions, problems, players)

@@ -2,12 +2,16 @@
 
 It records the journal directory's layout, takes a shard's ``flock``, appends and fsyncs a batch,
 rotates segments, and recovers a shard's tail (a torn last line, the last batch) when a writer
-takes the shard. The writer calls all of it from its file thread.
+takes the shard. The writer calls all of it from its file thread. It also lists and opens a
+shard's segments for the readers, plain or archived (gzipped by ``journal archive``, see
+:mod:`walletgate.journal.archive`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import gzip
+import io
 import logging
 import os
 import re
@@ -27,6 +31,8 @@ LAYOUT_FILE = "layout.json"
 LAYOUT_FORMAT = 1
 LOCK_FILE = ".lock"
 SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl$")
+ARCHIVE_SUFFIX = ".gz"
+ARCHIVED_SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl\.gz$")
 SHARD_PATTERN = re.compile(r"^shard-(\d{2,})$")
 TAIL_READ_CHUNK_BYTES = 1 << 16
 
@@ -59,13 +65,90 @@ def shard_directory_name(shard: int) -> str:
     return f"shard-{shard:02d}"
 
 
-def segment_numbers(directory: Path) -> list[int]:
+def archived_segment_name(number: int) -> str:
+    return segment_name(number) + ARCHIVE_SUFFIX
+
+
+def _numbers(directory: Path, pattern: re.Pattern[str]) -> list[int]:
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    found = (SEGMENT_PATTERN.match(name) for name in names)
+    found = (pattern.match(name) for name in names)
     return sorted(int(match.group(1)) for match in found if match)
+
+
+def segment_numbers(directory: Path) -> list[int]:
+    """The numbers of a shard's plain segments, in order."""
+    return _numbers(directory, SEGMENT_PATTERN)
+
+
+def archived_segment_numbers(directory: Path) -> list[int]:
+    """The numbers of a shard's archived (gzipped) segments, in order."""
+    return _numbers(directory, ARCHIVED_SEGMENT_PATTERN)
+
+
+def shard_directories(directory: Path) -> list[Path]:
+    """The shard directories of a journal directory, in shard order."""
+    shards = []
+    for entry in os.scandir(directory):
+        match = SHARD_PATTERN.match(entry.name)
+        if match and entry.is_dir():
+            shards.append((int(match.group(1)), Path(entry.path)))
+    return [path for _, path in sorted(shards)]
+
+
+def readable_segments(shard_directory: Path) -> dict[int, Path]:
+    """A shard's segments by number, plain or archived; where both exist (an archive run that
+    stopped between its rename and the removal of the plain file), the plain one."""
+    by_number: dict[int, Path] = {}
+    for entry in os.scandir(shard_directory):
+        match = SEGMENT_PATTERN.match(entry.name)
+        if match is not None:
+            by_number[int(match.group(1))] = Path(entry.path)
+            continue
+        match = ARCHIVED_SEGMENT_PATTERN.match(entry.name)
+        if match is not None:
+            by_number.setdefault(int(match.group(1)), Path(entry.path))
+    return by_number
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_SUFFIX)
+
+
+def _archived_twin(path: Path) -> Path:
+    return path.with_name(path.name + ARCHIVE_SUFFIX)
+
+
+def archived_plain_bytes(path: Path) -> int:
+    """The uncompressed size of an archived segment, from gzip's trailer (ISIZE, the size modulo
+    2**32: ``journal archive`` leaves larger segments plain)."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
+
+
+def segment_bytes(path: Path) -> int:
+    """A segment's uncompressed size, plain or archived (also when an archive run compressed it
+    since it was listed)."""
+    if is_archive(path):
+        return archived_plain_bytes(path)
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return archived_plain_bytes(_archived_twin(path))
+
+
+def open_segment(path: Path) -> io.BufferedIOBase:
+    """A segment's bytes for reading, plain or archived (also when an archive run compressed it
+    since it was listed)."""
+    if is_archive(path):
+        return gzip.open(path, "rb")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return gzip.open(_archived_twin(path), "rb")
 
 
 def lines_backward(descriptor: int, end: int) -> Iterator[bytes]:
@@ -143,12 +226,23 @@ class ShardFiles:
             if batch is not None:
                 last_records, last_batch = records, batch
                 break
-        if numbers:
+        newest_archived = max(archived_segment_numbers(self.directory), default=0)
+        if numbers and numbers[-1] > newest_archived:
             newest = numbers[-1]
             path = self.directory / segment_name(newest)
             self.segment_descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self.segment_number = newest
             self.segment_size = os.fstat(self.segment_descriptor).st_size
+        elif newest_archived:
+            # `journal archive` always leaves the newest segments plain, so this is a directory
+            # someone tidied by hand: never reuse an archived number (readers would take the
+            # plain file of that number and skip the archive); the next append starts a new one.
+            logger.warning(
+                "journal: %s holds no plain segment after %s; starting a new one",
+                self.directory,
+                archived_segment_name(newest_archived),
+            )
+            self.segment_number = newest_archived
         return last_records, last_batch
 
     def _recover_segment(self, path: Path) -> tuple[list[dict[str, Any]], int | None]:
