@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis
 
-from test_journal_replay import assert_same_state, populate, rebuild, snapshot, verify
+from test_journal_replay import assert_rebuild_restores, populate, verify
 from test_journal_writer import (
     assert_each_record_once,
     disk_records,
@@ -100,14 +99,7 @@ def test_archive_compresses_closed_segments_and_replay_reads_them(
     assert verify(config) == (0, [])
 
     # Rebuild restores the same state from archived and plain segments together.
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    for name in client.scan_iter(match="wg:{journal-*"):
-        client.delete(name)
-    before = snapshot(redis_url)
-    client.flushall()
-    client.close()
-    assert rebuild(config)[:2] == (0, [])
-    assert_same_state(before, snapshot(redis_url))
+    assert_rebuild_restores(config)
     # Nothing more is closed, so a second run archives nothing.
     assert archive_journal(directory).archived == []
 
