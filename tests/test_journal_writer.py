@@ -24,6 +24,7 @@ import redis.asyncio
 from ledger_helpers import make_ledger
 from walletgate.config import Config, parse_config
 from walletgate.journal import replay, writer
+from walletgate.journal.observer import JournalObserver
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
 from walletgate.journal.scripts import DELETE_ENTRIES_LUA
 from walletgate.journal.segments import JournalLayoutError, open_segment
@@ -573,12 +574,28 @@ def test_key_to_player_map_and_cross_player_keys(redis_url: str, tmp_path: Path)
         )
         await ledger.runner.close()
         client = redis.asyncio.Redis.from_url(redis_url)
-        journal = JournalWriter(client, WriterSettings.from_config(config))
+        settings = WriterSettings.from_config(config)
+        journal = JournalWriter(client, settings)
         await journal.start()
         await wait_until(lambda: pending_count(redis_url) == 0, 10, "the writer to drain")
         status = journal.status()
+        # The workers of `walletgate serve` report what every writer counted, from Redis.
+        observer = JournalObserver(client, settings)
+        seen: list[writer.JournalStatus] = []
+
+        async def observed() -> None:
+            for _ in range(500):
+                await observer.refresh()
+                seen.append(observer.status())
+                if seen[-1].cross_player_all_writers_total:
+                    return
+                await asyncio.sleep(0.02)
+
+        await observed()
         await journal.stop()
         await client.aclose()
+        assert dict(seen[-1].cross_player_all_writers_total) == {"admin": 1}
+        assert seen[-1].last_flush_s > 0 and seen[-1].pending_records == 0
         return status
 
     status = run(scenario())

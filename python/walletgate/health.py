@@ -12,10 +12,22 @@ from starlette.routing import BaseRoute, Route
 
 from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
 from walletgate.ledger.scripts import load_script
+from walletgate.metrics import Metrics
 from walletgate.protocols.common import GatewayContext, json_response
 
 READY_PROBE_TIMEOUT_S = 1.0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def record_journal_status(metrics: Metrics, status: Any) -> None:
+    """Copy the journal's figures into this worker's metrics. They describe the whole journal
+    (every worker reads the same ones from Redis), so /metrics takes their maximum over the
+    workers, not their sum; each worker records them before every snapshot it publishes."""
+    metrics.set_gauge("journal_pending_records", (), status.pending_records)
+    metrics.set_gauge("journal_oldest_pending_seconds", (), status.oldest_pending_age_s)
+    metrics.set_gauge("journal_flush_seconds", (), status.last_flush_s)
+    for family, count in status.cross_player_all_writers_total.items():
+        metrics.counters[("idempotency_cross_player_total", (("family", family),))] = count
 
 
 def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None) -> list[BaseRoute]:
@@ -46,13 +58,7 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
 
     async def metrics(request: Request) -> Response:
         if journal_status is not None:
-            status = journal_status()
-            ctx.metrics.set_gauge("journal_pending_records", (), status.pending_records)
-            ctx.metrics.set_gauge("journal_oldest_pending_seconds", (), status.oldest_pending_age_s)
-            ctx.metrics.set_gauge("journal_flush_seconds", (), status.last_flush_s)
-            for family, count in status.cross_player_total.items():
-                labels = (("family", family),)
-                ctx.metrics.counters[("idempotency_cross_player_total", labels)] = count
+            record_journal_status(ctx.metrics, journal_status())
         # Rendering reads the other workers' small snapshot files; it runs on the loop thread so
         # that this worker's own counters are not read while handlers change them.
         body = ctx.metrics.render()

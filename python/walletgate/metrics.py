@@ -44,7 +44,10 @@ HELP: dict[str, tuple[str, str]] = {
     "journal_flush_seconds": ("gauge", "Duration of the last journal flush."),
     "redis_errors_total": ("counter", "Requests that failed because Redis was unavailable."),
 }
-SUMMED_GAUGES = frozenset({"journal_pending_records"})
+# Counters that every worker reports whole (the journal's, read from Redis): /metrics takes their
+# maximum over the workers. Every other counter is the worker's own and is summed; gauges take
+# the maximum.
+WHOLE_COUNTERS = frozenset({"idempotency_cross_player_total"})
 
 
 class Metrics:
@@ -138,13 +141,14 @@ def render_snapshots(snapshots: Iterable[dict[str, list[list[object]]]]) -> str:
     histograms: dict[tuple[str, Labels], list[float]] = {}
     for snapshot in snapshots:
         for name, labels, value in snapshot.get("counters", []):
-            counters[(str(name), _labels(labels))] += float(value)  # type: ignore[arg-type]
+            key = (str(name), _labels(labels))
+            if name in WHOLE_COUNTERS:
+                counters[key] = max(counters[key], float(value))  # type: ignore[arg-type]
+            else:
+                counters[key] += float(value)  # type: ignore[arg-type]
         for name, labels, value in snapshot.get("gauges", []):
             key = (str(name), _labels(labels))
-            if name in SUMMED_GAUGES:
-                gauges[key] = gauges.get(key, 0.0) + float(value)  # type: ignore[arg-type]
-            else:
-                gauges[key] = max(gauges.get(key, float("-inf")), float(value))  # type: ignore[arg-type]
+            gauges[key] = max(gauges.get(key, float("-inf")), float(value))  # type: ignore[arg-type]
         for name, labels, row in snapshot.get("histograms", []):
             key = (str(name), _labels(labels))
             into = histograms.setdefault(key, [0.0] * (len(DURATION_BUCKETS_S) + 2))

@@ -14,9 +14,15 @@ import logging
 import time
 from typing import Any
 
-import orjson
-
-from walletgate.journal.writer import STATS_KEY, JournalStatus, WriterSettings
+from walletgate.journal.streams import run_pipeline
+from walletgate.journal.writer import (
+    CROSS_PLAYER_KEY,
+    STATS_KEY,
+    JournalStatus,
+    WriterSettings,
+    parse_counts,
+    parse_shard_stats,
+)
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -37,6 +43,7 @@ class JournalObserver:
             last_flush_s=0.0,
             records_written_total=0,
             cross_player_total={},
+            cross_player_all_writers_total={},
             sequence_violations_total=0,
             errors_total=0,
             last_error=None,
@@ -64,22 +71,24 @@ class JournalObserver:
             await asyncio.sleep(self._settings.status_interval_ms / 1000)
 
     async def refresh(self) -> None:
-        raw = await self._client.hgetall(STATS_KEY)
+        raw, cross_player = await run_pipeline(
+            self._client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
+        )
         now_ms = int(time.time() * 1000)
         lease_ms = self._settings.lease_ms
         pending = 0
         oldest_age_ms = 0
         freshest_ms = 0
+        last_flush_s = 0.0
         for value in raw.values():
-            try:
-                stats = orjson.loads(value)
-                shard_pending = int(stats["pending"])
-                oldest_ms = int(stats["oldest_ms"])
-                updated_ms = int(stats["updated_ms"])
-            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            stats = parse_shard_stats(value)
+            if stats is None:
                 continue
+            shard_pending, oldest_ms, updated_ms = stats.pending, stats.oldest_ms, stats.updated_ms
             pending += shard_pending
-            freshest_ms = max(freshest_ms, updated_ms)
+            if updated_ms > freshest_ms:
+                # The flush of the shard heard from last is the journal's last flush.
+                freshest_ms, last_flush_s = updated_ms, stats.flush_s
             age_ms = now_ms - oldest_ms if shard_pending and oldest_ms else 0
             if now_ms - updated_ms > lease_ms:
                 # No owner has reported this shard for longer than a lease: it is stuck.
@@ -94,6 +103,8 @@ class JournalObserver:
             alive=alive,
             pending_records=pending,
             oldest_pending_age_s=oldest_age_ms / 1000,
+            last_flush_s=last_flush_s,
+            cross_player_all_writers_total=parse_counts(cross_player),
             last_error=None,
         )
 

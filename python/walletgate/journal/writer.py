@@ -113,6 +113,9 @@ logger = logging.getLogger("walletgate.journal")
 
 WRITERS_KEY = "wg:{journal-writers}"
 STATS_KEY = "wg:{journal-stats}"
+# Keys reused by a second player, per family, counted by every writer since the journal began
+# (HINCRBY, no expiry): the figure every worker reports, whichever writer saw the reuse.
+CROSS_PLAYER_KEY = "wg:{journal-stats}:cross-player"
 MAX_SHARDS = 256
 MAX_DELETE_IDS_PER_COMMAND = 1000
 # A lease is trusted only for this share of its length after the renewal was sent, which leaves
@@ -179,7 +182,9 @@ class JournalStatus:
     oldest_pending_age_s: float
     last_flush_s: float
     records_written_total: int
+    # Reused keys this writer saw, and those all writers saw (CROSS_PLAYER_KEY, as last read).
     cross_player_total: Mapping[str, int]
+    cross_player_all_writers_total: Mapping[str, int]
     sequence_violations_total: int
     errors_total: int
     last_error: str | None
@@ -205,6 +210,33 @@ class ShardStats:
     pending: int
     oldest_ms: int
     updated_ms: int
+    # The duration of the shard's last write and fsync (0 until it has written one).
+    flush_s: float = 0.0
+
+
+def parse_shard_stats(value: Any) -> ShardStats | None:
+    """A shard's published figures (see JournalWriter._queue_stats), or None when unreadable."""
+    try:
+        decoded = orjson.loads(value)
+        return ShardStats(
+            int(decoded["pending"]),
+            int(decoded["oldest_ms"]),
+            int(decoded["updated_ms"]),
+            float(decoded.get("flush_s", 0.0)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
+        return None
+
+
+def parse_counts(raw: Mapping[Any, Any]) -> dict[str, int]:
+    """A hash of counters as read from Redis (bytes or str), unreadable fields left out."""
+    counts: dict[str, int] = {}
+    for name, value in raw.items():
+        try:
+            counts[text(name)] = int(value)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            continue
+    return counts
 
 
 @dataclass(slots=True)
@@ -219,6 +251,8 @@ class ShardRead:
     more: bool = False
     pending: int = 0
     oldest_ms: int = 0
+    # How long its write and fsync took, once written.
+    flush_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -292,6 +326,9 @@ class JournalWriter:
         self._last_flush_s = 0.0
         self._records_written_total = 0
         self._cross_player_total: dict[str, int] = {}
+        # Counted here but not yet added to CROSS_PLAYER_KEY (done with the next stats).
+        self._cross_player_unpublished: dict[str, int] = {}
+        self._cross_player_all_writers_total: dict[str, int] = {}
         self._sequence_violations_total = 0
         self._errors_total = 0
         self._last_error: str | None = None
@@ -351,6 +388,7 @@ class JournalWriter:
             last_flush_s=self._last_flush_s,
             records_written_total=self._records_written_total,
             cross_player_total=dict(self._cross_player_total),
+            cross_player_all_writers_total=dict(self._cross_player_all_writers_total),
             sequence_violations_total=self._sequence_violations_total,
             errors_total=self._errors_total,
             last_error=self._last_error,
@@ -531,6 +569,7 @@ class JournalWriter:
             shard.next_batch = read.batch + 1
             shard.unfinished = outcome.metas
             self._last_flush_s = outcome.flush_s
+            read.flush_s = outcome.flush_s
             self._records_written_total += len(outcome.metas)
             self._check_sequences(shard, outcome.metas)
             written.append(read)
@@ -597,6 +636,8 @@ class JournalWriter:
                 meta = meta_of_item[id(item)]
                 family = family_of(meta.protocol)
                 self._cross_player_total[family] = self._cross_player_total.get(family, 0) + 1
+                unpublished = self._cross_player_unpublished
+                unpublished[family] = unpublished.get(family, 0) + 1
                 logger.warning(
                     "journal: transaction key %r of tenant %s is used by player %s and player %s",
                     meta.key,
@@ -753,6 +794,7 @@ class JournalWriter:
         number = read.shard.number
         now_ms = int(time.time() * 1000)
         previous = self._stats.get(number)
+        flush_s = read.flush_s or (previous.flush_s if previous is not None else 0.0)
         if (
             previous is not None
             and previous.pending == read.pending
@@ -760,40 +802,56 @@ class JournalWriter:
             and now_ms - previous.updated_ms < self._settings.status_interval_ms / 2
         ):
             return
-        self._stats[number] = ShardStats(read.pending, read.oldest_ms, now_ms)
+        self._stats[number] = ShardStats(read.pending, read.oldest_ms, now_ms, flush_s)
         self._stats_to_publish[number] = orjson.dumps(
-            {"pending": read.pending, "oldest_ms": read.oldest_ms, "updated_ms": now_ms}
+            {
+                "pending": read.pending,
+                "oldest_ms": read.oldest_ms,
+                "updated_ms": now_ms,
+                "flush_s": round(flush_s, 6),
+            }
         )
 
     async def _publish_stats(self) -> None:
-        """Publish the stats queued in this cycle, in one pipeline."""
-        if not self._stats_to_publish:
+        """Publish the stats queued in this cycle and the reused keys counted since the last
+        publication, in one pipeline."""
+        if not self._stats_to_publish and not self._cross_player_unpublished:
             return
         values, self._stats_to_publish = self._stats_to_publish, {}
-        await run_pipeline(
-            self._client,
-            [
-                ("hset", (STATS_KEY,), {"mapping": {str(n): v for n, v in values.items()}}),
-                ("pexpire", (STATS_KEY, 10 * self._settings.lease_ms), {}),
-            ],
-        )
+        counts, self._cross_player_unpublished = self._cross_player_unpublished, {}
+        commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        if values:
+            commands.append(
+                ("hset", (STATS_KEY,), {"mapping": {str(n): v for n, v in values.items()}})
+            )
+            commands.append(("pexpire", (STATS_KEY, 10 * self._settings.lease_ms), {}))
+        commands += [("hincrby", (CROSS_PLAYER_KEY, family, n), {}) for family, n in counts.items()]
+        try:
+            await run_pipeline(self._client, commands)
+        except BaseException:
+            # Stats are republished anyway; counts must not be lost, so they wait for the next
+            # try. (A pipeline that failed halfway may count some twice: rare, and only high.)
+            for family, n in counts.items():
+                self._cross_player_unpublished[family] = (
+                    self._cross_player_unpublished.get(family, 0) + n
+                )
+            raise
 
     async def _refresh_status(self) -> None:
         """Read every shard's last published stats, so this worker reports the whole journal."""
         settings = self._settings
         self._next_status_refresh = time.monotonic() + settings.status_interval_ms / 1000
-        raw = await self._client.hgetall(STATS_KEY)
+        raw, cross_player = await run_pipeline(
+            self._client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
+        )
+        self._cross_player_all_writers_total = parse_counts(cross_player)
         now_ms = int(time.time() * 1000)
         uptime_ms = int((time.monotonic() - self._started_monotonic) * 1000)
         published: dict[int, ShardStats] = {}
         for name, value in raw.items():
-            try:
-                decoded = orjson.loads(value)
-                published[int(text(name))] = ShardStats(
-                    int(decoded["pending"]), int(decoded["oldest_ms"]), int(decoded["updated_ms"])
-                )
-            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-                continue
+            stats = parse_shard_stats(value)
+            if stats is not None and text(name).isdigit():
+                published[int(text(name))] = stats
         pending = 0
         oldest_age_ms = 0
         for number in range(self.shard_count):
