@@ -8,9 +8,11 @@ worker reads from Redis: summing them would multiply them by the number of worke
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
-from walletgate.health import record_journal_status
+from walletgate.health import record_journal_disk, record_journal_status
 from walletgate.metrics import Metrics, render_snapshots
 
 
@@ -46,3 +48,18 @@ def test_own_counters_add_up_and_journal_figures_do_not() -> None:
     )
     assert sample(text, "journal_pending_records") == 9
     assert sample(text, 'idempotency_cross_player_total{family="admin"}') == 3
+
+
+def test_the_journal_disk_free_bytes_are_reported(tmp_path: Path) -> None:
+    metrics = Metrics()
+    record_journal_disk(metrics, tmp_path)
+    usage = os.statvfs(tmp_path)
+    free_bytes = sample(render_snapshots([metrics.snapshot()]), "journal_disk_free_bytes")
+    # Other processes write to the same filesystem meanwhile: equal to within a few MiB.
+    assert abs(free_bytes - usage.f_bavail * usage.f_frsize) < 64 << 20
+    assert free_bytes > 0
+    # A directory that cannot be read leaves the gauge out rather than failing the scrape.
+    empty = Metrics()
+    record_journal_disk(empty, tmp_path / "missing")
+    lines = render_snapshots([empty.snapshot()]).splitlines()
+    assert not [line for line in lines if line.startswith("walletgate_journal_disk_free_bytes")]

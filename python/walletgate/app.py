@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 
 from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
-from walletgate.health import health_routes, record_journal_status
+from walletgate.health import health_routes, record_journal_disk, record_journal_status
 from walletgate.heap import freeze_startup_heap
 from walletgate.journal.observer import JournalObserver
 from walletgate.journal.records import keymap_key
@@ -106,7 +106,7 @@ def create_app(
             await writer.start()
         journal_status = writer.status if writer is not None else None
         publisher = asyncio.get_running_loop().create_task(
-            _publish_metrics(metrics, journal_status)
+            _publish_metrics(metrics, journal_status, config.journal.dir)
         )
         # Everything the app built so far lives as long as the worker: keep it out of the
         # collector's full passes (see walletgate.heap for the measured pauses).
@@ -164,13 +164,16 @@ def post_endpoints(routes: list[BaseRoute]) -> dict[str, Endpoint]:
     return endpoints
 
 
-async def _publish_metrics(metrics: Metrics, journal_status: Callable[[], Any] | None) -> None:
+async def _publish_metrics(
+    metrics: Metrics, journal_status: Callable[[], Any] | None, journal_dir: Path
+) -> None:
     while True:
         await asyncio.sleep(METRICS_PUBLISH_INTERVAL_MS / 1000)
         # Fresh journal figures in every snapshot, not only in the worker that served /metrics
         # last: /metrics takes their maximum over the workers.
         if journal_status is not None:
             record_journal_status(metrics, journal_status())
+            record_journal_disk(metrics, journal_dir)
         with contextlib.suppress(OSError):
             metrics.publish()
 

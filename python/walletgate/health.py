@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -28,6 +30,16 @@ def record_journal_status(metrics: Metrics, status: Any) -> None:
     metrics.set_gauge("journal_flush_seconds", (), status.last_flush_s)
     for family, count in status.cross_player_all_writers_total.items():
         metrics.counters[("idempotency_cross_player_total", (("family", family),))] = count
+
+
+def record_journal_disk(metrics: Metrics, directory: Path) -> None:
+    """The journal never deletes a record, so a full disk stops it (and with it /readyz, once
+    the lag passes max_lag_ms): this gauge lets operators alert, and archive, well before."""
+    try:
+        usage = os.statvfs(directory)
+    except OSError:
+        return
+    metrics.set_gauge("journal_disk_free_bytes", (), usage.f_bavail * usage.f_frsize)
 
 
 def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None) -> list[BaseRoute]:
@@ -59,6 +71,7 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
     async def metrics(request: Request) -> Response:
         if journal_status is not None:
             record_journal_status(ctx.metrics, journal_status())
+            record_journal_disk(ctx.metrics, ctx.config.journal.dir)
         # Rendering reads the other workers' small snapshot files; it runs on the loop thread so
         # that this worker's own counters are not read while handlers change them.
         body = ctx.metrics.render()

@@ -42,6 +42,10 @@ HELP: dict[str, tuple[str, str]] = {
     "journal_pending_records": ("gauge", "Journal records in Redis not yet on disk."),
     "journal_oldest_pending_seconds": ("gauge", "Age of the oldest pending journal record."),
     "journal_flush_seconds": ("gauge", "Duration of the last journal flush."),
+    "journal_disk_free_bytes": (
+        "gauge",
+        "Bytes free to unprivileged users on the journal directory's filesystem.",
+    ),
     "redis_errors_total": ("counter", "Requests that failed because Redis was unavailable."),
 }
 # Counters that every worker reports whole (the journal's, read from Redis): /metrics takes their
