@@ -13,7 +13,8 @@ import orjson
 import pytest
 import redis
 
-from gateway_helpers import WALLET_TOKEN, make_app, make_config, make_context
+from gateway_helpers import WALLET_TOKEN, config_dict, make_app, make_config, make_context
+from walletgate.config import ConfigError, parse_config
 from walletgate.ledger import wallet_v2 as ledger_v2
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.sessions import register_session
@@ -591,6 +592,16 @@ def test_unknown_or_malformed_wallet_token_is_404_empty(tmp_path: Path, redis_ur
     run(tmp_path, redis_url, scenario)
 
 
+def test_a_wallet_token_with_a_trailing_newline_is_refused_at_startup(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path / "journal")
+    [agent] = [a for a in raw["wallet_v2"]["agents"] if a["wallet_token"] == WALLET_TOKEN]
+    parse_config(raw)
+    # A regular expression's "$" also matches before a final newline; the token check must not.
+    agent["wallet_token"] = WALLET_TOKEN + "\n"
+    with pytest.raises(ConfigError, match="wallet_token"):
+        parse_config(raw)
+
+
 def test_ip_allowlist_403_and_forwarded_for(tmp_path: Path, redis_url: str) -> None:
     locked = "/wallet/v2/locked_agent"
     body = {"code": "lk", "type": "credit"}
@@ -615,6 +626,13 @@ def test_ip_allowlist_403_and_forwarded_for(tmp_path: Path, redis_url: str) -> N
         assert (spoof.status_code, spoof.content) == (403, b"")
         garbage = await post(client, body, locked, headers={"X-Forwarded-For": "nonsense"})
         assert garbage.status_code == 403
+        # A proxy that adds a line of its own instead of appending to the client's: the lines
+        # count in order, so the client's claimed address (first line) decides nothing.
+        two_lines = [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "198.51.100.9")]
+        added = await post(client, body, locked, headers=two_lines)
+        assert (added.status_code, added.content) == (403, b"")
+        honest = [("X-Forwarded-For", "198.51.100.9"), ("X-Forwarded-For", "203.0.113.7")]
+        assert (await post(client, body, locked, headers=honest)).status_code == 200
         # Agents without an allowlist accept anyone.
         await session(ctx, cents=1)
         assert (await post(client, {"code": CODE, "type": "credit"})).status_code == 200
@@ -643,6 +661,17 @@ def test_allowed_peer_directly(tmp_path: Path, redis_url: str) -> None:
         assert ok.status_code == 200 and ok.json()["result"] == 1
 
     run(tmp_path, redis_url, scenario, client_addr=("203.0.113.200", 5555))
+
+
+def test_an_ipv4_peer_seen_by_a_dual_stack_listener_is_matched(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async def scenario(client: httpx.AsyncClient, ctx: GatewayContext) -> None:
+        await session(ctx, code="lk", tenant="locked_agent", cents=5)
+        ok = await post(client, {"code": "lk", "type": "credit"}, "/wallet/v2/locked_agent")
+        assert ok.status_code == 200 and ok.json()["result"] == 1
+
+    run(tmp_path, redis_url, scenario, client_addr=("::ffff:203.0.113.200", 5555))
 
 
 # -- stored outcomes, logging ------------------------------------------------------------------

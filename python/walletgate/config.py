@@ -20,7 +20,8 @@ IDEMPOTENCY_TTL_MIN_S = 604_800
 MIDAS_TTL_MIN_S = 172_800
 ADMIN_TOKEN_MIN_CHARS = 32
 MAX_BODY_BYTES_LIMIT = 1_048_576
-WALLET_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+# \Z, not $: "$" also matches before a final newline, which no token may hold.
+WALLET_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,40}\Z")
 MINIGAME_OPTIONAL_TYPES = frozenset({5, 6, 7})
 MINIGAME_PREFIXES = frozenset({"api", "luck", "both"})
 

@@ -28,7 +28,7 @@ REQUIRED_STREAM_FIELDS = (
 )  # fmt: skip
 OPTIONAL_INTEGER_FIELDS = {"gdelta": "gen_delta_units", "gbal": "gen_after_units"}
 KNOWN_STREAM_FIELDS = frozenset(REQUIRED_STREAM_FIELDS) | frozenset(OPTIONAL_INTEGER_FIELDS)
-INTEGER_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)$")
+INTEGER_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)\Z")
 FAMILY_OF_PROTOCOL = {
     "minigame": "minigame",
     "minigame_luck": "minigame",

@@ -77,7 +77,7 @@ PROGRESS_INTERVAL_S = 1.0
 PROGRESS_CHECK_EVERY_RECORDS = 2048
 # Rechecks of accounts whose Redis state moved past the journal while verify read it.
 VERIFY_RECHECKS = 2
-ACCOUNT_KEY_PATTERN = re.compile(r"^wg:\{([^{}:]+):([^{}:]+)\}:acct$")
+ACCOUNT_KEY_PATTERN = re.compile(r"^wg:\{([^{}:]+):([^{}:]+)\}:acct\Z")
 ACCOUNT_FIELD_PREFIXES = ("bal:", "seq:", "gen:")
 
 Account = tuple[str, str, str]

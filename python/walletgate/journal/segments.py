@@ -30,10 +30,10 @@ logger = logging.getLogger("walletgate.journal")
 LAYOUT_FILE = "layout.json"
 LAYOUT_FORMAT = 1
 LOCK_FILE = ".lock"
-SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl$")
+SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl\Z")
 ARCHIVE_SUFFIX = ".gz"
-ARCHIVED_SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl\.gz$")
-SHARD_PATTERN = re.compile(r"^shard-(\d{2,})$")
+ARCHIVED_SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl\.gz\Z")
+SHARD_PATTERN = re.compile(r"^shard-(\d{2,})\Z")
 TAIL_READ_CHUNK_BYTES = 1 << 16
 
 

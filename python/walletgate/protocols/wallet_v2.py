@@ -102,6 +102,18 @@ def _result_body(result: ledger_v2.WalletResult) -> dict[str, Any]:
     return error_body(result.code, result.balance_units, time_text)
 
 
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, with an IPv4-mapped IPv6 one (a dual-stack listener's view of an IPv4
+    peer, ``::ffff:203.0.113.7``) read as the IPv4 address it is, so that IPv4 networks match."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class _BadField(Exception):
     def __init__(self, field: str) -> None:
         super().__init__(field)
@@ -174,22 +186,20 @@ class WalletV2Handler:
     def _client_address(
         self, request: Request
     ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        peer = request.client.host if request.client is not None else ""
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return None
-        if not any(address in network for network in self.trusted_proxies):
+        address = _address(request.client.host if request.client is not None else "")
+        if address is None or not any(address in network for network in self.trusted_proxies):
             return address
-        forwarded = request.headers.get("x-forwarded-for")
-        if not forwarded:
+        # Every X-Forwarded-For line, in order: a proxy may add a line of its own instead of
+        # appending to the client's, and the client's line comes first, so reading only the
+        # first line would take the address the client claims.
+        lines = request.headers.getlist("x-forwarded-for")
+        if not lines:
             return address
         # Walk from the right: the first hop that is not a trusted proxy is the client.
-        hops = [hop.strip() for hop in forwarded.split(",")]
+        hops = [hop.strip() for hop in ",".join(lines).split(",")]
         for hop in reversed(hops):
-            try:
-                address = ipaddress.ip_address(hop)
-            except ValueError:
+            address = _address(hop)
+            if address is None:
                 return None
             if not any(address in network for network in self.trusted_proxies):
                 return address
