@@ -9,8 +9,9 @@ use std::fmt;
 pub const UNITS_PER_MAJOR: i64 = 10_000;
 /// The largest amount in units: `922337203685477.5807`.
 pub const MAX_UNITS: i64 = i64::MAX;
-/// The smallest amount in units: `-922337203685477.5808`.
-pub const MIN_UNITS: i64 = i64::MIN;
+/// The smallest amount in units: `-922337203685477.5807`. The spec bounds amounts at
+/// ±922337203685477.5807, so `-922337203685477.5808` (`i64::MIN`) is refused although it fits.
+pub const MIN_UNITS: i64 = -MAX_UNITS;
 /// Units per cent (cents have scale 2).
 pub const UNITS_PER_CENT: i64 = 100;
 /// Units per coin (coins are whole major units).
@@ -108,13 +109,9 @@ pub fn parse_units(text: &[u8]) -> Result<i64, MoneyError> {
         Some(_) => return Err(MoneyError::Syntax),
     }
 
-    if negative {
-        // -(2**63) is the only magnitude above i64::MAX that fits.
-        0i64.checked_sub_unsigned(magnitude)
-            .ok_or(MoneyError::OutOfRange)
-    } else {
-        i64::try_from(magnitude).map_err(|_| MoneyError::OutOfRange)
-    }
+    // The same bound on both sides: -(2**63) fits an i64 but is beyond the spec's range.
+    let value = i64::try_from(magnitude).map_err(|_| MoneyError::OutOfRange)?;
+    Ok(if negative { -value } else { value })
 }
 
 /// A JSON integer amount (whole major units) to units, checked.
@@ -219,7 +216,7 @@ mod tests {
             ("10", 100_000),
             ("100.5", 1_005_000),
             ("922337203685477.5807", i64::MAX),
-            ("-922337203685477.5808", i64::MIN),
+            ("-922337203685477.5807", MIN_UNITS),
             ("922337203685477", 9_223_372_036_854_770_000),
             ("-922337203685477.58", -9_223_372_036_854_775_800),
         ];
@@ -270,6 +267,7 @@ mod tests {
             ("١", Syntax),
             ("1.٢", Syntax),
             ("922337203685477.5808", OutOfRange),
+            ("-922337203685477.5808", OutOfRange),
             ("-922337203685477.5809", OutOfRange),
             ("922337203685478", OutOfRange),
             ("-922337203685478", OutOfRange),
@@ -302,7 +300,12 @@ mod tests {
         ];
         for &(units, text) in table {
             assert_eq!(format_units(units), text, "{units}");
-            assert_eq!(p(text), Ok(units), "{text}");
+            let expected = if units < MIN_UNITS {
+                Err(MoneyError::OutOfRange)
+            } else {
+                Ok(units)
+            };
+            assert_eq!(p(text), expected, "{text}");
         }
     }
 
@@ -314,13 +317,13 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let units = x as i64 >> (x % 60);
+            let units = (x as i64 >> (x % 60)).max(MIN_UNITS);
             let text = format_units(units);
             assert_eq!(p(&text), Ok(units), "{text}");
         }
         for units in [
-            i64::MIN,
-            i64::MIN + 1,
+            MIN_UNITS,
+            MIN_UNITS + 1,
             i64::MAX - 1,
             i64::MAX,
             -10_000,

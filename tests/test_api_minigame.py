@@ -452,6 +452,7 @@ def test_10009_before_the_merchant_is_known(config: Config, body: bytes) -> None
         {"money": "+3"},
         {"money": ""},
         {"money": "922337203685477.5808"},
+        {"money": "-922337203685477.5808"},
         {"bet": "-3"},
         {"type": ...},
         {"type": 0},

@@ -378,6 +378,7 @@ def test_seed_status_example_and_answer(tmp_path: Path, redis_url: str) -> None:
         ({"amount": " 1"}, 10009),
         ({"amount": ""}, 10009),
         ({"amount": "922337203685477.5808"}, 10009),
+        ({"amount": "-922337203685477.5808"}, 10009),
         ({"amount": True}, 10023),
         ({"amount": None}, 10023),
         ({"amount": [1]}, 10023),

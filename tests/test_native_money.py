@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from walletgate import _native as native
 
 MAX = 2**63 - 1
-MIN = -(2**63)
+MIN = -MAX  # the spec bounds amounts at ±922337203685477.5807
+INT64_MIN = -(2**63)
 GRAMMAR = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]{1,4})?")
 # Far more precision than any tested text needs, so Decimal is exact here.
 EXACT = Context(prec=10_000)
@@ -50,7 +51,7 @@ def test_constants() -> None:
         ("33.66", 336_600),
         ("0.0001", 1),
         ("922337203685477.5807", MAX),
-        ("-922337203685477.5808", MIN),
+        ("-922337203685477.5807", MIN),
         ("0", 0),
         ("-0", 0),
         ("-0.0", 0),
@@ -162,13 +163,14 @@ def test_rejects_other(value: object) -> None:
 
 def test_boundaries() -> None:
     assert native.parse_money("922337203685477.5807") == MAX
-    assert native.parse_money("-922337203685477.5808") == MIN
-    for past in ("922337203685477.5808", "-922337203685477.5809"):
+    assert native.parse_money("-922337203685477.5807") == MIN
+    for past in ("922337203685477.5808", "-922337203685477.5808", "-922337203685477.5809"):
         with pytest.raises(ValueError):
             native.parse_money(past)
     assert native.format_units(MAX) == "922337203685477.5807"
-    assert native.format_units(MIN) == "-922337203685477.5808"
-    for past_units in (MAX + 1, MIN - 1):
+    # Balances use the whole int64 range, so formatting does too.
+    assert native.format_units(INT64_MIN) == "-922337203685477.5808"
+    for past_units in (MAX + 1, INT64_MIN - 1):
         with pytest.raises(OverflowError):
             native.format_units(past_units)
 
@@ -191,6 +193,7 @@ def test_format(units: int, text: str) -> None:
     assert native.format_units(units) == text
 
 
+# Amounts within the spec's bounds (the conversions below take the whole int64 range).
 units = st.one_of(
     st.integers(MIN, MAX),
     st.integers(MIN, MIN + 100_000),
@@ -278,7 +281,7 @@ def test_int_input(value: int) -> None:
 
 
 @settings(max_examples=2_000, deadline=None)
-@given(st.integers(MIN, MAX))
+@given(st.integers(INT64_MIN, MAX))
 def test_conversions_truncate_toward_zero(value: int) -> None:
     with localcontext(EXACT):
         assert native.units_to_cents(value) == int(Decimal(value) / 100)
@@ -286,9 +289,9 @@ def test_conversions_truncate_toward_zero(value: int) -> None:
 
 
 @settings(max_examples=2_000, deadline=None)
-@given(st.one_of(st.integers(MIN // 100 - 10, MAX // 100 + 10), st.integers(-(2**70), 2**70)))
+@given(st.one_of(st.integers(INT64_MIN // 100 - 10, MAX // 100 + 10), st.integers(-(2**70), 2**70)))
 def test_cents_to_units(cents: int) -> None:
-    if MIN <= cents * 100 <= MAX:
+    if INT64_MIN <= cents * 100 <= MAX:
         assert native.cents_to_units(cents) == cents * 100
     else:
         with pytest.raises(OverflowError):
@@ -296,9 +299,9 @@ def test_cents_to_units(cents: int) -> None:
 
 
 @settings(max_examples=2_000, deadline=None)
-@given(st.one_of(st.integers(MIN // 10_000 - 10, MAX // 10_000 + 10), st.integers()))
+@given(st.one_of(st.integers(INT64_MIN // 10_000 - 10, MAX // 10_000 + 10), st.integers()))
 def test_coins_to_units(coins: int) -> None:
-    if MIN <= coins * 10_000 <= MAX:
+    if INT64_MIN <= coins * 10_000 <= MAX:
         assert native.coins_to_units(coins) == coins * 10_000
     else:
         with pytest.raises(OverflowError):
@@ -306,12 +309,12 @@ def test_coins_to_units(coins: int) -> None:
 
 
 @settings(max_examples=2_000, deadline=None)
-@given(st.integers(MIN, MAX), st.integers(MIN, MAX))
+@given(st.integers(INT64_MIN, MAX), st.integers(INT64_MIN, MAX))
 @example(MAX, 1)
-@example(MIN, -1)
-@example(MAX, MIN)
+@example(INT64_MIN, -1)
+@example(MAX, INT64_MIN)
 def test_checked_add(a: int, b: int) -> None:
-    if MIN <= a + b <= MAX:
+    if INT64_MIN <= a + b <= MAX:
         assert native.checked_add_units(a, b) == a + b
     else:
         with pytest.raises(OverflowError):

@@ -36,7 +36,8 @@ __all__ = [
 MAX_UNITS: Final[int]
 """The largest balance or amount in units at scale 4: ``922337203685477.5807`` = ``2**63 - 1``."""
 MIN_UNITS: Final[int]
-"""The smallest amount in units: ``-922337203685477.5808`` = ``-2**63``."""
+"""The smallest amount in units: ``-922337203685477.5807`` = ``-(2**63 - 1)``: amounts are bounded
+at ±922337203685477.5807, so ``-2**63`` is refused although it fits an int64."""
 UNITS_PER_MAJOR: Final[int]
 """10000 units make one major unit (scale 4)."""
 
