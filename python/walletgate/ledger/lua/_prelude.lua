@@ -10,8 +10,8 @@
 --   ARGV[9..] operation specific.
 --
 -- Money: every amount is a decimal integer string of units. Lua numbers are doubles and lose
--- exactness above 2^53, so amounts change through HINCRBY (which also detects int64 overflow), or
--- in Lua only where wg_units proves every operand and the result exact (see wg_units).
+-- exactness above 2^53, so amounts change only through HINCRBY (which also detects int64
+-- overflow), never by Lua arithmetic, and are compared as strings (wg_cmp).
 --
 -- State changes go through wg_hset/wg_hset_many/wg_del/wg_add so that the journal record carries
 -- them ("fx"), which lets `walletgate journal rebuild` restore any script's state without knowing
@@ -133,43 +133,32 @@ local function wg_del(key)
   WG_FX[#WG_FX + 1] = separator .. '[' .. cjson.encode(wg_suffix(key)) .. ',"","","del"]'
 end
 
--- The Lua number of a units string when it is exact and what HINCRBY reads: canonical (no sign
--- on 0, no leading zero, nothing else) and below 2^53 in magnitude, where doubles hold every
--- integer. nil otherwise: the caller then leaves the sum to HINCRBY. A sum of two such numbers
--- is exact when its magnitude is below 2^53 too (rounding is monotonic, so a true sum at or
--- beyond 2^53 cannot come out below it); string.format('%.0f', n) prints such numbers exactly.
-local function wg_units(text)
-  if text == '0' then
-    return 0
-  end
-  if string.find(text, '^%-?[1-9]%d*$') then
-    local number = text + 0 -- parsed by strtod, correctly rounded
-    if number < WG_EXACT_DOUBLE_LIMIT and number > -WG_EXACT_DOUBLE_LIMIT then
-      return number
-    end
-  end
-  return nil
-end
-
--- Add delta (a units string) to an integer hash field. Returns the new value as an exact string,
--- or nil when the result would leave the int64 range (nothing is changed then).
-local function wg_add(key, field, delta)
-  if delta == '0' then
-    return redis.call('HGET', key, field) or '0'
-  end
+-- HINCRBY key field delta (a units string, not "0"), not recorded for the journal: the new value
+-- as an exact string, or nil when it would leave the int64 range (nothing is changed then).
+local function wg_hincrby(key, field, delta)
   local result = redis.pcall('HINCRBY', key, field, delta)
   if type(result) == 'table' and result.err then
     return nil
   end
-  -- The reply is a double: exact below 2^53, where it is formatted directly; beyond that the
-  -- field is read back as a string (one more call, only for huge balances).
-  local value
+  -- The reply reaches Lua as a double: exact below 2^53, where it is printed directly; beyond
+  -- that the field is read back as Redis wrote it (one more call, only for huge balances).
   if result < WG_EXACT_DOUBLE_LIMIT and result > -WG_EXACT_DOUBLE_LIMIT then
-    value = string.format('%.0f', result)
-  else
-    value = redis.call('HGET', key, field)
+    return string.format('%.0f', result)
   end
-  wg_fx(key, {field, value}, '0')
+  return redis.call('HGET', key, field)
+end
+
+-- Add delta (a units string) to an integer hash field, recorded for the journal. Returns the new
+-- value as an exact string, or nil when the result would leave the int64 range (nothing is
+-- changed then).
+local function wg_add(key, field, delta)
+  if delta == '0' then
+    return redis.call('HGET', key, field) or '0'
+  end
+  local value = wg_hincrby(key, field, delta)
+  if value then
+    wg_fx(key, {field, value}, '0')
+  end
   return value
 end
 

@@ -30,8 +30,8 @@
 -- "bet:<order_id>" per bet or fee placed in it and "closed" = the order_id that closed it.
 --
 -- This runs for every MINI.GAME bet and win, so the common paths are written for Redis-side cost
--- (see "Cost" in the prelude): the balance and seq are read with one HMGET and written with one
--- HSET, and the fx JSON of the request's own records is built by one concatenation each.
+-- (see "Cost" in the prelude): the balance and seq are read with one HMGET, and the fx JSON of
+-- the request's own records is built by one concatenation each.
 
 local currency = ARGV[3]
 local protocol = ARGV[4]
@@ -58,7 +58,7 @@ elseif mg_type == '6' then op = 'fee'
 end
 
 -- The balance and journal seq in the request's currency, read once: every stored outcome needs
--- both, and this HMGET (then one HSET in mg_move) replaces EXISTS, HGET and two HINCRBYs.
+-- both, and this HMGET replaces EXISTS and an HGET.
 local account = redis.call('HMGET', acct, 'bal:' .. currency, 'seq:' .. currency)
 -- A known player may have neither field yet (player_touch sets only "known"): ask EXISTS then.
 if not account[1] and not account[2] and redis.call('EXISTS', acct) == 0 then
@@ -75,52 +75,33 @@ local plain = acct == WG_PREFIX .. 'acct' and tx_key == WG_PREFIX .. tx_suffix
   and wg_plain(tx_suffix .. round_suffix .. ARGV[2] .. currency .. protocol .. order_id .. fp
     .. retention_s .. session_id)
 
--- Add delta (a units string) to the balance of cur and take that account's next journal seq.
--- Returns the new balance and the seq, or nil when the balance would leave int64 (nothing
--- changed then). As with wg_add, a delta of "0" leaves the balance field alone (and out of fx).
+-- Add delta (a units string) to the balance of cur and take that account's next journal seq,
+-- each with HINCRBY: money never goes through Lua arithmetic (Lua numbers are doubles), and
+-- HINCRBY refuses to leave int64. Returns the new balance and the seq, or nil when the balance
+-- would leave int64 (nothing changed then). As with wg_add, a delta of "0" leaves the balance
+-- field alone (and out of fx).
 local function mg_move(cur, delta)
-  local balance_field, seq_field = 'bal:' .. cur, 'seq:' .. cur
-  local balance, seq
-  if cur == currency then
-    balance, seq = account[1] or '0', account[2]
+  local balance_field = 'bal:' .. cur
+  local new_balance
+  if delta == '0' then
+    if cur == currency then
+      new_balance = account[1] or '0'
+    else
+      new_balance = wg_get(acct, balance_field)
+    end
   else
-    local read = redis.call('HMGET', acct, balance_field, seq_field)
-    balance, seq = read[1] or '0', read[2]
-  end
-  local seq_number = 0
-  if seq then seq_number = wg_units(seq) end
-  local balance_number, delta_number = 0, 0
-  if delta ~= '0' then
-    balance_number, delta_number = wg_units(balance), wg_units(delta)
-  end
-  if seq_number and balance_number and delta_number then
-    -- Exact operands: the seq stays at most 2^53; the balance is exact if it stays below it.
-    local sum = balance_number + delta_number
-    local new_seq = string.format('%.0f', seq_number + 1)
-    if delta == '0' then
-      redis.call('HSET', acct, seq_field, new_seq)
-      if cur == currency then account[2] = new_seq end
-      return balance, new_seq
+    new_balance = wg_hincrby(acct, balance_field, delta)
+    if not new_balance then
+      return nil
     end
-    if sum < WG_EXACT_DOUBLE_LIMIT and sum > -WG_EXACT_DOUBLE_LIMIT then
-      local new_balance = string.format('%.0f', sum)
-      redis.call('HSET', acct, balance_field, new_balance, seq_field, new_seq)
-      if cur == currency then account[1], account[2] = new_balance, new_seq end
-      if plain and cur == currency then
-        local separator = ','
-        if #WG_FX == 0 then separator = '[' end
-        WG_FX[#WG_FX + 1] = separator .. '["acct","' .. balance_field .. '","' .. new_balance
-          .. '","0"]'
-      else
-        wg_fx(acct, {balance_field, new_balance}, '0')
-      end
-      return new_balance, new_seq
+    if plain and cur == currency then
+      local separator = ','
+      if #WG_FX == 0 then separator = '[' end
+      WG_FX[#WG_FX + 1] = separator .. '["acct","' .. balance_field .. '","' .. new_balance
+        .. '","0"]'
+    else
+      wg_fx(acct, {balance_field, new_balance}, '0')
     end
-  end
-  -- Large or unusual values: HINCRBY, which is exact and refuses to leave int64.
-  local new_balance = wg_add(acct, balance_field, delta)
-  if not new_balance then
-    return nil
   end
   local new_seq = wg_next_seq(cur)
   if cur == currency then account[1], account[2] = new_balance, new_seq end
@@ -131,7 +112,8 @@ end
 local function store_own(state, code, msg, cur, delta, balance, seq, extra)
   local now_us = wg_now_us()
   -- delta, balance and seq are integers (from mg_move), except a balance passed on unchanged.
-  if extra or not plain or cur ~= currency or (delta == '0' and not wg_units(balance)) then
+  if extra or not plain or cur ~= currency
+    or (delta == '0' and not string.find(balance, '^%-?%d+$')) then
     local flat = {'fp', fp, 'state', state, 'code', code, 'msg', msg, 'op', op, 'type', mg_type,
       'protocol', protocol, 'player', ARGV[2], 'currency', cur, 'delta', delta, 'bal', balance,
       'seq', seq, 'created_us', now_us, 'round', session_id}
