@@ -398,6 +398,11 @@ def test_10002_sign_missing_or_wrong(config: Config, redis_url: str) -> None:
         assert await api.post(BET, bet_body(uname="ghost"), sign=None) == err(10002, "sign invalid")
         assert await api.post(VERIFY, {"app_id": "10013"}, sign=None) == err(10002, "sign invalid")
         assert api.counter("signature_failures_total") == 6
+        # Duplicate keys are checked after the sign (step 4): unsigned, the answer is 10002.
+        twice = orjson.dumps(bet_body())[:-1] + b',"uname":"1006417"}'
+        assert await api.post(BET, twice, sign="0" * 32) == err(10002, "sign invalid")
+        assert await api.post(BET, twice) == err(10009, "illegal parameter")
+        assert api.counter("signature_failures_total") == 7
         # an empty query string is signed as empty
         assert await api.post(BET, bet_body(), query="") == ok("7")
 

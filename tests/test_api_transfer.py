@@ -255,6 +255,11 @@ def test_tenant_and_sign_errors_on_every_endpoint(
         signed_other_query = _native.minigame_sign(b"trace_id=other", body, TRANSFER_KEY.encode())
         assert await gw.raw(path, body, sign=signed_other_query) == error(10002, "sign invalid")
         assert gw.counter("signature_failures_total") == 4
+        # Duplicate keys are checked after the sign: unsigned, the answer is only 10002.
+        twice = orjson.dumps({"appid": APPID, "timestamp": TS, **fields})[:-1] + b',"uname":"v"}'
+        assert await gw.raw(path, twice, key="wrong-key") == error(10002, "sign invalid")
+        assert await gw.raw(path, twice) == error(10009, "illegal parameter")
+        assert gw.counter("signature_failures_total") == 5
         # An uppercase hex sign is accepted.
         upper = _native.minigame_sign(QUERY, body, TRANSFER_KEY.encode()).upper()
         answer = await gw.raw(path, body, sign=upper)

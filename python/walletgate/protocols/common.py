@@ -129,6 +129,21 @@ def parse_object(raw: bytes) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+def merchant_id_only(raw: bytes, name: str) -> Any:
+    """The ``name`` member of a body that :func:`parse_object` refused, read leniently (orjson
+    keeps the last of duplicate keys), or ``None``.
+
+    The MINI.GAME signature rule allows no parse before the sign check but reading the merchant
+    id to choose the key, and the spec checks duplicate keys after the sign: so a body that is
+    not strict JSON but names its merchant is answered "sign invalid" when unsigned.
+    """
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed.get(name) if isinstance(parsed, dict) else None
+
+
 def json_response(payload: Any, status_code: int = 200) -> Response:
     return JsonResponse(orjson.dumps(payload), status_code)
 

@@ -31,6 +31,7 @@ from walletgate.protocols.common import (
     BodyTooLarge,
     GatewayContext,
     JsonResponse,
+    merchant_id_only,
     note,
     parse_object,
     read_body,
@@ -288,8 +289,8 @@ class _Handlers:
             note(request, FAMILY, endpoint, 10009, trace_id=trace_id)
             return error_response(10009)
         data = parse_object(body)
-        app_id = data.get("app_id") if data is not None else None
-        if data is None or type(app_id) is not str:
+        app_id = data.get("app_id") if data is not None else merchant_id_only(body, "app_id")
+        if type(app_id) is not str:
             note(request, FAMILY, endpoint, 10009, trace_id=trace_id)
             return error_response(10009)
         merchant = self.merchants.get(app_id)
@@ -301,6 +302,10 @@ class _Handlers:
             self.metrics.inc("signature_failures_total", LABELS)
             note(request, FAMILY, endpoint, 10002, trace_id=trace_id)
             return error_response(10002)
+        if data is None:
+            # Signed, but not strict JSON (duplicate keys, say): step 4 of the spec's checks.
+            note(request, FAMILY, endpoint, 10009, trace_id=trace_id)
+            return error_response(10009)
         return data, merchant, trace_id
 
     def _skew(self, timestamp: int) -> None:

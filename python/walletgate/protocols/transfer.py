@@ -40,6 +40,7 @@ from walletgate.protocols.common import (
     JsonResponse,
     is_int,
     json_response,
+    merchant_id_only,
     note,
     parse_object,
     raw_query,
@@ -229,9 +230,7 @@ class _TransferApi:
         except BodyTooLarge:
             raise _Reject(ILLEGAL_PARAMETER) from None
         body = parse_object(raw)
-        if body is None:
-            raise _Reject(ILLEGAL_PARAMETER)
-        appid = body.get("appid")
+        appid = body.get("appid") if body is not None else merchant_id_only(raw, "appid")
         if not isinstance(appid, str):
             raise _Reject(ILLEGAL_PARAMETER)
         entry = self.merchants.get(appid)
@@ -243,6 +242,9 @@ class _TransferApi:
         ):
             self.metrics.inc("signature_failures_total", self.labels)
             raise _Reject(SIGN_INVALID)
+        if body is None:
+            # Signed, but not strict JSON (duplicate keys, say): checked after the sign.
+            raise _Reject(ILLEGAL_PARAMETER)
         return merchant, body
 
     def _timestamp(self, body: Body) -> int:
