@@ -18,7 +18,7 @@ from walletgate.ledger.cluster_runner import ClusterRunner
 from walletgate.ledger.connect import make_admin_client, make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings
 from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
-from walletgate.ledger.scripts import Script
+from walletgate.ledger.scripts import Script, load_script
 
 CLUSTER_SETTINGS = LedgerSettings(
     journal_buckets=16384, cluster=True, idempotency_ttl_s=604_800, midas_ttl_s=172_800
@@ -287,6 +287,19 @@ def test_unreachable_cluster_fails_fast() -> None:
                 await runner.run(SET_ONE, ["k"], ["v"])
             assert time.monotonic() - started < 1.0
         assert runner.in_flight == 0
+        await runner.close()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_a_script_without_keys_runs_on_a_cluster(cluster: RedisCluster) -> None:
+    """/readyz probes Redis with the keyless ping script; on a cluster it once failed with an
+    IndexError (no key to take a slot from), so a cluster deployment never became ready."""
+
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        assert await runner.run(load_script("ping"), [], []) is not None
         await runner.close()
 
     run(scenario)

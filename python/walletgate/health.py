@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
 from walletgate.ledger.scripts import load_script
 from walletgate.metrics import Metrics
 from walletgate.protocols.common import GatewayContext, json_response
@@ -55,7 +54,7 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
                 ctx.ledger.runner.run(load_script("ping"), [], []), READY_PROBE_TIMEOUT_S
             )
             checks["redis"] = "ok"
-        except (LedgerUnavailable, LedgerScriptError, TimeoutError):
+        except Exception:  # Any failure of the probe means "not ready", never a 500.
             checks["redis"] = "unavailable"
         if journal_status is not None:
             status = journal_status()

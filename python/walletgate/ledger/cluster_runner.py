@@ -104,7 +104,8 @@ class ClusterRunner:
         else:
             await limiter.acquire()
         try:
-            slot = key_slot(keys[0].encode())
+            # A script without keys (the readiness ping) may run on any primary: slot 0's.
+            slot = key_slot(keys[0].encode()) if keys else 0
             connection = self.slots[slot]
             if connection is None:
                 await self.refresh()
