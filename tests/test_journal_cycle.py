@@ -4,6 +4,7 @@ finished together, with a shard's lease and disk errors still handled shard by s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -175,6 +176,27 @@ def test_a_key_that_two_shards_name_for_two_players_in_one_cycle_is_caught(
     assert client.get(keymap_key("t1", "shared")) == "alice"
     assert client.get(keymap_key("t1", "own")) == "carol"
     client.close()
+
+
+def test_a_secret_tenant_is_logged_as_a_digest(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Wallet v2 tenant id is the agent's wallet_token: the reuse warning must not print it."""
+    add_record(redis_url, 0, "alice", "shared", 1)
+    add_record(redis_url, 1, "bob", "shared", 1)
+
+    async def scenario() -> None:
+        journal = await owning_every_shard(
+            redis_url, tmp_path / "journal", secret_tenants=frozenset({"t1"})
+        )
+        await journal._cycle()
+        await close(journal)
+
+    with caplog.at_level(logging.WARNING, "walletgate.journal"):
+        run(scenario())
+    digest = hashlib.sha256(b"t1").hexdigest()[:12]
+    assert f"of tenant wallet_v2 agent sha256:{digest} is used by player alice" in caplog.text
+    assert "tenant t1" not in caplog.text
 
 
 def test_a_shard_whose_lease_is_not_trusted_is_given_up_alone(

@@ -303,7 +303,9 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
 
     def claim(tenant: str, where: str) -> None:
         if tenant in tenants:
-            raise ConfigError(f"{where}: tenant id {tenant!r} is already used by {tenants[tenant]}")
+            # A Wallet v2 tenant id is a wallet_token, a secret: name the places, not the value.
+            shown = "" if "wallet_v2" in where + tenants[tenant] else f" {tenant!r}"
+            raise ConfigError(f"{where}: tenant id{shown} is already used by {tenants[tenant]}")
         if ":" in tenant or "{" in tenant or "}" in tenant:
             raise ConfigError(f"{where}: tenant id {tenant!r} must not contain ':', '{{' or '}}'")
         tenants[tenant] = where

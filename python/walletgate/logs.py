@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -20,6 +21,29 @@ import orjson
 
 ACCESS_LOG_QUEUE_MAX_LINES = 65_536
 ACCESS_LOG_FLUSH_INTERVAL_MS = 100
+WALLET_V2_PATH_PREFIX = "/wallet/v2/"
+ADMIN_PATH_PREFIX = "/admin/v1/"
+
+
+def loggable_tenant(tenant: str, secret_tenants: frozenset[str]) -> str:
+    """A tenant id as application logs may show it. A Wallet v2 agent's tenant id is its
+    wallet_token, the secret in its callback URL (``secret_tenants``): logs show a digest of it
+    instead, which an operator can match against ``sha256(token)``."""
+    if tenant in secret_tenants:
+        digest = hashlib.sha256(tenant.encode()).hexdigest()[:12]
+        return f"wallet_v2 agent sha256:{digest}"
+    return tenant
+
+
+def loggable_path(path: str) -> str:
+    """A request path as application logs may show it: Wallet v2 paths carry the wallet_token
+    and admin paths may carry it as a tenant, so only their fixed part is kept."""
+    if path.startswith(WALLET_V2_PATH_PREFIX):
+        return WALLET_V2_PATH_PREFIX + "…"
+    if path.startswith(ADMIN_PATH_PREFIX):
+        resource = path[len(ADMIN_PATH_PREFIX) :].split("/", 1)[0]
+        return f"{ADMIN_PATH_PREFIX}{resource}/…"
+    return path
 
 
 class AccessLog:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from walletgate.logs import AccessLog
+from walletgate.logs import AccessLog, loggable_path
 from walletgate.metrics import Metrics
 from walletgate.protocols.common import (
     LOG_SCOPE_KEY,
@@ -98,7 +98,7 @@ class AccessMiddleware:
             else:
                 await self._routed(scope, receive, send, status)
         except Exception:
-            logger.exception("unhandled error on %s", scope.get("path", "?"))
+            logger.exception("unhandled error on %s", loggable_path(scope.get("path", "?")))
             if status[0] == 0:
                 status[0] = 500
                 await send(

@@ -108,6 +108,7 @@ from walletgate.journal.streams import (
     stream_id_ms,
 )
 from walletgate.ledger import keys
+from walletgate.logs import loggable_tenant
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -146,6 +147,8 @@ class WriterSettings:
     # Bound on the accounts whose last written seq is remembered to check continuity.
     tracked_accounts: int = 1_000_000
     max_backoff_ms: int = 5000
+    # Tenant ids that are secrets (Wallet v2 wallet_tokens): logs show a digest instead.
+    secret_tenants: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         assert 1 <= self.shards <= MAX_SHARDS, "shards out of range"
@@ -163,6 +166,7 @@ class WriterSettings:
             batch_records=config.journal.batch_records,
             segment_max_bytes=config.journal.segment_max_bytes,
             keymap_ttl_s=config.idempotency.ttl_s,
+            secret_tenants=frozenset(config.wallet_v2_agents),
         )
         return replace(settings, **overrides)
 
@@ -641,7 +645,7 @@ class JournalWriter:
                 logger.warning(
                     "journal: transaction key %r of tenant %s is used by player %s and player %s",
                     meta.key,
-                    meta.tenant,
+                    loggable_tenant(meta.tenant, self._settings.secret_tenants),
                     previous,
                     player,
                 )
@@ -659,7 +663,7 @@ class JournalWriter:
                 self._sequence_violations_total += 1
                 logger.error(
                     "journal: %s/%s/%s seq %d follows %d (stream entry %s)",
-                    meta.tenant,
+                    loggable_tenant(meta.tenant, self._settings.secret_tenants),
                     meta.player,
                     meta.currency,
                     meta.seq,
