@@ -10,6 +10,7 @@ answers 401 without the right bearer token, and then changes nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ import pytest
 import redis
 
 import gateway_helpers
+from walletgate import admin as walletgate_admin
 from walletgate.app import create_app
 from walletgate.config import parse_config
+from walletgate.ledger.errors import LedgerScriptError
 from walletgate.logs import AccessLog
 from wire_helpers import (
     ADMIN_TOKEN,
@@ -732,3 +735,28 @@ def test_tombstone_keys_are_found_without_player_once_flushed(gateways: GatewayF
         assert with_player[0] == 200 and with_player[1]["state"] == "tombstone", with_player
     missing = [key for tenant, key, _ in tombstones if transaction(gw, tenant, key, None)[0] != 200]
     assert not missing, f"tombstone keys unknown to the key map: {missing}"
+
+
+def test_an_unexpected_failure_is_a_503_with_the_error_body(
+    gw: AsgiGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A script error or a client gone mid-body must not surface as a plain-text 500, and the
+    log line must not carry the path (a Wallet v2 tenant id is its wallet_token)."""
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise LedgerScriptError("WGTEST broken")
+
+    monkeypatch.setattr(walletgate_admin, "adjust", broken)
+    monkeypatch.setattr(walletgate_admin, "register_session", broken)
+    with caplog.at_level(logging.ERROR, "walletgate"):
+        answer = gw.admin(
+            "POST", f"/accounts/{WALLET_TOKEN}/{PLAYER}/USD/adjust", {"amount": "1", "ref": "x"}
+        )
+        assert answer.status_code == 503 and error("unavailable")(answer.json())
+        status, body = session(
+            gw, {"tenant": WALLET_TOKEN, "player": PLAYER, "currency": "USD", "token": "t-x"}
+        )
+        assert status == 503 and error("unavailable")(body)
+    assert "admin: post_adjust failed" in caplog.text
+    assert "admin: post_session failed" in caplog.text
+    assert WALLET_TOKEN not in caplog.text

@@ -4,7 +4,7 @@ stored outcomes. Every call needs ``Authorization: Bearer <[admin].token>`` (con
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,13 +265,32 @@ def admin_routes(
         record = {as_str(k): as_str(v) for k, v in raw.items()}
         return json_response(stored_outcome(tenant, key, record, ttl_s, renderers.get(info.family)))
 
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Any failure the handler did not expect (a script error, a client gone mid-body)
+        answers the spec's error body with 503: a retry with the same ref or token is safe,
+        since both calls are idempotent. The log names the handler, never the path (it may
+        hold a wallet_token as its tenant)."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception:
+                logger.exception("admin: %s failed", handler.__name__)
+                return error(503, "unavailable", "temporary failure; retry with the same request")
+
+        return endpoint
+
     prefix = "/admin/v1"
     return [
         Route(
-            prefix + "/accounts/{tenant}/{player}/{currency}/adjust", post_adjust, methods=["POST"]
+            prefix + "/accounts/{tenant}/{player}/{currency}/adjust",
+            guarded(post_adjust),
+            methods=["POST"],
         ),
         Route(prefix + "/accounts/{tenant}/{player}/{currency}", get_account, methods=["GET"]),
-        Route(prefix + "/sessions", post_session, methods=["POST"]),
+        Route(prefix + "/sessions", guarded(post_session), methods=["POST"]),
         Route(prefix + "/transactions/{tenant}/{key:path}", get_transaction, methods=["GET"]),
     ]
 

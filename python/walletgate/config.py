@@ -323,7 +323,7 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         ):
             raise ConfigError(f"{where}.enabled_types must be a subset of [5, 6, 7]")
         prefix = entry.get("prefix", "both")
-        if prefix not in MINIGAME_PREFIXES:
+        if not isinstance(prefix, str) or prefix not in MINIGAME_PREFIXES:
             raise ConfigError(f"{where}.prefix must be one of api, luck, both")
         minigame[app_id] = MinigameMerchant(
             app_id=app_id,

@@ -1,4 +1,4 @@
-"""Secrets never reach application logs: Wallet v2 tenant ids are wallet_tokens."""
+"""Config checks at startup, and secrets kept out of logs (Wallet v2 tenant ids are wallet_tokens)."""
 
 from __future__ import annotations
 
@@ -37,4 +37,11 @@ def test_a_repeated_wallet_token_is_refused_without_printing_it(tmp_path: Path) 
     merchants = raw["minigame"]["merchants"]
     merchants.append({**merchants[0]})
     with pytest.raises(ConfigError, match=repr(merchants[0]["app_id"])):
+        parse_config(raw)
+
+
+def test_a_prefix_that_is_not_a_string_is_a_config_error(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path / "journal")
+    raw["minigame"]["merchants"][0]["prefix"] = ["api"]
+    with pytest.raises(ConfigError, match=r"minigame.merchants\[0\].prefix"):
         parse_config(raw)
