@@ -1,12 +1,15 @@
-"""Config checks at startup, and secrets kept out of logs (Wallet v2 tenant ids are wallet_tokens)."""
+"""Config checks at startup, and secrets kept out of logs (Wallet v2 tenant ids are tokens)."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway_helpers import WALLET_TOKEN, config_dict
+from walletgate import cli
 from walletgate.config import ConfigError, parse_config
 from walletgate.logs import loggable_path, loggable_tenant
 
@@ -45,3 +48,30 @@ def test_a_prefix_that_is_not_a_string_is_a_config_error(tmp_path: Path) -> None
     raw["minigame"]["merchants"][0]["prefix"] = ["api"]
     with pytest.raises(ConfigError, match=r"minigame.merchants\[0\].prefix"):
         parse_config(raw)
+
+
+def test_the_sidecar_is_restarted_and_stop_leaves_no_writer_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The supervisor restarts a writer that dies; stop() ends the current one and the
+    supervisor, even while a restart is due (the lock orders the two)."""
+    monkeypatch.setattr(cli, "SIDECAR_RESTART_BACKOFF_S", (0.01,))
+    sidecar = cli.JournalSidecar("unused.toml")
+    # A writer that dies at once, many times over.
+    sidecar.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    sidecar.start()
+    deadline = time.monotonic() + 30
+    started = set()
+    while len(started) < 5:
+        assert time.monotonic() < deadline, "the supervisor did not restart the writer"
+        process = sidecar.process
+        assert process is not None
+        started.add(process.pid)
+        time.sleep(0.01)
+    # Now one that would run for a minute: stop() must end it.
+    sidecar.command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    time.sleep(0.2)
+    sidecar.stop()
+    assert not sidecar.thread.is_alive()
+    last = sidecar.process
+    assert last is not None and last.poll() is not None

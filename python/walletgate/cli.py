@@ -39,10 +39,14 @@ class JournalSidecar:
         self.command = [sys.executable, "-m", "walletgate.journal.writer", "--config", config_path]
         self.process: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
+        # Held while a process is started or stopped, so that stop() never misses a restart
+        # that the supervisor makes at the same moment (it would outlive the gateway).
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._supervise, name="journal-sidecar", daemon=True)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command)
+        with self.lock:
+            self.process = subprocess.Popen(self.command)
         self.thread.start()
 
     def _supervise(self) -> None:
@@ -62,19 +66,24 @@ class JournalSidecar:
             )
             if self.stopping.wait(delay_s):
                 return
-            self.process = subprocess.Popen(self.command)
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self.process = subprocess.Popen(self.command)
 
     def stop(self) -> None:
-        self.stopping.set()
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=SIDECAR_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with self.lock:
+            self.stopping.set()
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=SIDECAR_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.thread.ident is not None:
+            self.thread.join(timeout=SIDECAR_STOP_TIMEOUT_S)
 
 
 def _config_path(arguments: argparse.Namespace) -> str:
