@@ -23,6 +23,7 @@ from walletgate.journal.records import keymap_key
 from walletgate.journal.scripts import (
     DELETE_ENTRIES_LUA,
     MAP_KEYS_LUA,
+    PUBLISH_STATS_LUA,
     READ_STREAMS_LUA,
     STREAM_LENGTHS_LUA,
 )
@@ -50,6 +51,7 @@ class CountingClient:
             STREAM_LENGTHS_LUA: "lengths",
             MAP_KEYS_LUA: "map",
             DELETE_ENTRIES_LUA: "delete",
+            PUBLISH_STATS_LUA: "stats",
         }
         self.calls[names.get(script, "other")] += 1
         return await self._inner.eval(script, numkeys, *args)
@@ -139,7 +141,7 @@ def test_one_cycle_reads_writes_and_finishes_every_shard_at_once(
 
     calls, status = run(scenario())
     # Standalone: the lengths script, then one pipeline of XRANGEs (not a script call).
-    assert calls == {"lengths": 1, "map": 1, "delete": 1}
+    assert calls == {"lengths": 1, "map": 1, "delete": 1, "stats": 1}
     assert trips == {SHARDS: 1}
     assert status.records_written_total == 40
     assert all(pending(redis_url, bucket) == 0 for bucket in range(SHARDS))

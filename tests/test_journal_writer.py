@@ -21,6 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from conftest import RedisServer
 from ledger_helpers import make_ledger
 from walletgate.config import Config, parse_config
 from walletgate.journal import replay, writer
@@ -712,3 +713,30 @@ def test_a_stalled_writer_cannot_write_after_losing_its_lease(
     assert "shard 0 lease not confirmed in time" in caplog.text
     assert sum(written) == applied_count(outcomes)
     assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+
+
+def test_the_writer_drains_a_redis_that_is_over_maxmemory(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Over maxmemory (noeviction) Redis refuses the money scripts, and the pending streams are
+    what fills it: the writer's reads, leases, key map and deletes must still run."""
+    config = journal_config(fresh_redis.url, tmp_path / "journal")
+    operations = plan_operations(300, seed=51)
+
+    async def apply() -> dict[str, tuple[str, int]]:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, operations)
+        await ledger.runner.close()
+        return outcomes
+
+    outcomes = run(apply())
+    admin = redis.Redis.from_url(fresh_redis.url)
+    used_bytes = int(admin.info("memory")["used_memory"])
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", str(used_bytes - 64 * 1024))
+    with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+        admin.set("wg:{probe}:x", "1")
+    run(drain(config))
+    assert pending_count(fresh_redis.url) == 0
+    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    admin.close()

@@ -1,9 +1,13 @@
 """This module reads the journal's Lua scripts, once per process, from ``journal/lua/*.lua``.
 
 The journal sends each script's text whole with EVAL. Unlike the ledger's scripts (see
-``walletgate.ledger.scripts``) they get no prelude, so a script that reads keys of several slots
-of its own node keeps ``#!lua flags=allow-cross-slot-keys`` as its first line, where Redis looks
-for it; the header that names its KEYS, ARGV and reply follows that line.
+``walletgate.ledger.scripts``) they get no prelude, so each keeps its ``#!lua flags=...`` line
+first, where Redis looks for it; the header that names its KEYS, ARGV and reply follows it:
+
+* ``allow-cross-slot-keys``: the script reads or deletes streams of several slots of its node;
+* ``no-writes`` (the reads) and ``allow-oom`` (leases, key map, deletes): when Redis is over
+  ``maxmemory`` the money scripts are refused, and the writer must still drain the pending
+  streams, which is what frees the memory. Without these flags Redis 7 refuses them too.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ def read_script(name: str) -> str:
 ACQUIRE_LEASE_LUA = read_script("acquire_lease")
 RENEW_LEASE_LUA = read_script("renew_lease")
 RELEASE_LEASE_LUA = read_script("release_lease")
+
+# The registry of live writers, and the figures every writer publishes.
+REGISTER_WRITER_LUA = read_script("register_writer")
+PUBLISH_STATS_LUA = read_script("publish_stats")
 
 # Reading the pending-journal streams (see walletgate.journal.streams.StreamReader).
 READ_STREAMS_LUA = read_script("read_streams")

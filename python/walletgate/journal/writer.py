@@ -87,6 +87,8 @@ from walletgate.journal.scripts import (
     ACQUIRE_LEASE_LUA,
     DELETE_ENTRIES_LUA,
     MAP_KEYS_LUA,
+    PUBLISH_STATS_LUA,
+    REGISTER_WRITER_LUA,
     RELEASE_LEASE_LUA,
     RENEW_LEASE_LUA,
 )
@@ -688,16 +690,16 @@ class JournalWriter:
     async def _maintain_leases(self) -> None:
         settings = self._settings
         now_ms = int(time.time() * 1000)
-        replies = await run_pipeline(
-            self._client,
-            [
-                ("zadd", (WRITERS_KEY, {self.writer_id: now_ms + settings.lease_ms}), {}),
-                ("zremrangebyscore", (WRITERS_KEY, "-inf", now_ms), {}),
-                ("zcard", (WRITERS_KEY,), {}),
-                ("pexpire", (WRITERS_KEY, 2 * settings.lease_ms), {}),
-            ],
+        registered = await self._client.eval(
+            REGISTER_WRITER_LUA,
+            1,
+            WRITERS_KEY,
+            self.writer_id,
+            now_ms + settings.lease_ms,
+            now_ms,
+            2 * settings.lease_ms,
         )
-        live_writers = max(1, int(replies[2]))
+        live_writers = max(1, int(registered))
         target = math.ceil(self.shard_count / live_writers)
         for shard in list(self._owned.values()):
             sent = time.monotonic()
@@ -823,18 +825,19 @@ class JournalWriter:
             return
         values, self._stats_to_publish = self._stats_to_publish, {}
         counts, self._cross_player_unpublished = self._cross_player_unpublished, {}
-        commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        if values:
-            commands.append(
-                ("hset", (STATS_KEY,), {"mapping": {str(n): v for n, v in values.items()}})
-            )
-            commands.append(("pexpire", (STATS_KEY, 10 * self._settings.lease_ms), {}))
-        commands += [("hincrby", (CROSS_PLAYER_KEY, family, n), {}) for family, n in counts.items()]
         try:
-            await run_pipeline(self._client, commands)
+            await self._client.eval(
+                PUBLISH_STATS_LUA,
+                2,
+                STATS_KEY,
+                CROSS_PLAYER_KEY,
+                10 * self._settings.lease_ms,
+                orjson.dumps({str(n): v.decode() for n, v in values.items()}),
+                orjson.dumps(counts),
+            )
         except BaseException:
             # Stats are republished anyway; counts must not be lost, so they wait for the next
-            # try. (A pipeline that failed halfway may count some twice: rare, and only high.)
+            # try (the script is atomic, so none was added).
             for family, n in counts.items():
                 self._cross_player_unpublished[family] = (
                     self._cross_player_unpublished.get(family, 0) + n

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- acquire_lease: take a free journal shard lease, or keep one this writer still holds (after it
 -- stopped trusting it in time).
 --

@@ -1,4 +1,4 @@
-#!lua flags=allow-cross-slot-keys
+#!lua flags=allow-cross-slot-keys,allow-oom
 -- delete_entries: delete pending-journal stream entries whose records are on disk (XDEL).
 --
 -- KEYS: none; the streams are named in ARGV and may lie in several slots of this node.

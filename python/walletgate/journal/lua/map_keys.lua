@@ -1,4 +1,4 @@
-#!lua flags=allow-cross-slot-keys
+#!lua flags=allow-cross-slot-keys,allow-oom
 -- map_keys: map transaction keys to their players (wg:{keymap:<tenant>:<key>}) for records on
 -- disk. The first player of a key stays; a later record only lengthens the entry's life.
 --

@@ -1,4 +1,4 @@
-#!lua flags=allow-cross-slot-keys
+#!lua flags=allow-cross-slot-keys,no-writes
 -- read_streams: the lengths and first entries of many pending-journal streams, in one call.
 --
 -- KEYS: none; the streams are named in ARGV and may lie in several slots of this node.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release_lease: give a journal shard lease back, but only while this writer holds it.
 --
 -- KEYS[1] wg:{journal-lease:<shard>}

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew_lease: extend a journal shard lease, but only while this writer holds it
 -- (compare-and-renew).
 --

@@ -1,4 +1,4 @@
-#!lua flags=allow-cross-slot-keys
+#!lua flags=allow-cross-slot-keys,no-writes
 -- stream_lengths: the lengths of the non-empty pending-journal streams among many, in one call.
 --
 -- KEYS: none; the streams are named in ARGV and may lie in several slots of this node.
