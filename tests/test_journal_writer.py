@@ -740,3 +740,27 @@ def test_the_writer_drains_a_redis_that_is_over_maxmemory(
     assert pending_count(fresh_redis.url) == 0
     assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
     admin.close()
+
+
+def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: Path) -> None:
+    """A worker must not call the journal current while a shard's figures are missing (they
+    expired, or no writer ever took it): that shard's wait counts from the worker's start."""
+    config = journal_config(redis_url, tmp_path / "journal")
+    settings = WriterSettings.from_config(config, lease_ms=1000)
+    client = redis.Redis.from_url(redis_url)
+    now_ms = int(time.time() * 1000)
+    fresh = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms, "flush_s": 0.001}
+    client.hset(writer.STATS_KEY, "0", orjson.dumps(fresh))
+    client.close()
+
+    async def scenario() -> writer.JournalStatus:
+        async_client = redis.asyncio.Redis.from_url(redis_url)
+        observer = JournalObserver(async_client, settings)
+        observer._started_s -= 10  # started 10 s ago, more than two leases
+        await observer.refresh()
+        await async_client.aclose()
+        return observer.status()
+
+    status = run(scenario())
+    assert status.alive  # shard 0 reported just now
+    assert status.oldest_pending_age_s >= 10  # shards 1 to 3 never did

@@ -14,15 +14,18 @@ import logging
 import time
 from typing import Any
 
+from walletgate.journal.records import text
 from walletgate.journal.streams import run_pipeline
 from walletgate.journal.writer import (
     CROSS_PLAYER_KEY,
     STATS_KEY,
     JournalStatus,
+    ShardStats,
     WriterSettings,
     parse_counts,
     parse_shard_stats,
 )
+from walletgate.ledger import keys
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -49,6 +52,9 @@ class JournalObserver:
             last_error=None,
         )
         self._started_s = time.time()
+        # As many shards as the writers use (walletgate.journal.writer.JournalWriter).
+        streams = keys.all_journal_stream_keys(settings.buckets, settings.cluster)
+        self._shard_count = min(settings.shards, len(streams))
 
     def status(self) -> JournalStatus:
         return self._status
@@ -80,9 +86,21 @@ class JournalObserver:
         oldest_age_ms = 0
         freshest_ms = 0
         last_flush_s = 0.0
-        for value in raw.values():
+        uptime_ms = now_ms - int(self._started_s * 1000)
+        published: dict[int, ShardStats] = {}
+        for name, value in raw.items():
             stats = parse_shard_stats(value)
+            if stats is not None and text(name).isdigit():
+                published[int(text(name))] = stats
+        for number in range(self._shard_count):
+            stats = published.get(number)
             if stats is None:
+                # A shard nobody has reported (the figures expired, or a writer never got to
+                # it): its records may be waiting since before this worker started, so once a
+                # writer has had time to take it, its wait counts from then, as a writer's own
+                # status does.
+                if uptime_ms > 2 * lease_ms:
+                    oldest_age_ms = max(oldest_age_ms, uptime_ms)
                 continue
             shard_pending, oldest_ms, updated_ms = stats.pending, stats.oldest_ms, stats.updated_ms
             pending += shard_pending

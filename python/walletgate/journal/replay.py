@@ -485,8 +485,10 @@ async def collect(
     if not directory.is_dir():
         raise FileNotFoundError(f"journal directory {directory} does not exist")
     problems = Problems()
-    paths = segment_paths(directory, problems)
-    total_bytes = sum(segment_bytes(path) for path in paths)
+    # This listing only sizes the partitions: the segments are listed again after the pending
+    # records are read, since a record that leaves Redis meanwhile may be in a segment created
+    # meanwhile (pending first, then disk, so that none is missed).
+    total_bytes = sum(segment_bytes(path) for path in segment_paths(directory))
     count = max(1, -(-total_bytes // partition_bytes))
     if work_directory is None and os.access(directory, os.W_OK):
         work_directory = directory
@@ -494,6 +496,8 @@ async def collect(
     try:
         if client is not None:
             await read_pending(client, config, partitions, problems, players)
+        paths = segment_paths(directory, problems)
+        total_bytes = sum(segment_bytes(path) for path in paths)
         progress = Progress(f"{label}: reading", total_bytes, "bytes", err, PROGRESS_INTERVAL_S)
         await asyncio.to_thread(read_segments, paths, partitions, problems, players, progress)
         progress.finish()
