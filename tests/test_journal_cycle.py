@@ -180,6 +180,28 @@ def test_a_key_that_two_shards_name_for_two_players_in_one_cycle_is_caught(
     client.close()
 
 
+def test_a_key_that_one_batch_names_for_two_players_keeps_the_first(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_record(redis_url, 0, "alice", "shared", 1)
+    add_record(redis_url, 0, "bob", "shared", 1)
+
+    async def scenario() -> writer.JournalStatus:
+        journal = await owning_every_shard(redis_url, tmp_path / "journal")
+        await journal._cycle()
+        status = journal.status()
+        await close(journal)
+        return status
+
+    with caplog.at_level(logging.WARNING, "walletgate.journal"):
+        status = run(scenario())
+    assert dict(status.cross_player_total) == {"admin": 1}
+    assert "'shared' of tenant t1 is used by player alice and player bob" in caplog.text
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.get(keymap_key("t1", "shared")) == "alice"
+    client.close()
+
+
 def test_a_secret_tenant_is_logged_as_a_digest(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -614,43 +614,55 @@ class JournalWriter:
         """Keep the transaction key -> player map for records on disk, and count keys that a
         second player reused (the first player stays mapped).
 
-        Batches are mapped in order, each as if alone (within a batch the last record of a key
-        gives the item), so a key that two shards' batches name for two players is caught as
-        when the shards were finished one after the other.
+        Batches are mapped in order, each as if alone, so a key that two shards' batches name
+        for two players is caught as when the shards were finished one after the other. Within
+        a batch the first record of a key gives its player (a later record of another player
+        is counted here) and the latest expiry of its records gives the entry's life.
         """
         now_s = int(time.time())
         items: list[tuple[str, str, str]] = []
         # The items' own identities: two batches may send equal items for different records.
-        meta_of_item: dict[int, RecordMeta] = {}
+        origin_of_item: dict[int, tuple[RecordMeta, str]] = {}
         for metas in batches:
-            meta_of_key = {
-                keymap_key(meta.tenant, key): meta
-                for meta in metas
-                if not meta.malformed and meta.keymap_expire_at_s > now_s
-                for key in (meta.key, *meta.other_keys)
-            }
-            for name, meta in meta_of_key.items():
-                item = (name, meta.player, str(meta.keymap_expire_at_s))
+            first: dict[str, tuple[RecordMeta, str]] = {}
+            expire_at_s: dict[str, int] = {}
+            for meta in metas:
+                if meta.malformed or meta.keymap_expire_at_s <= now_s:
+                    continue
+                for key in (meta.key, *meta.other_keys):
+                    name = keymap_key(meta.tenant, key)
+                    earlier = first.get(name)
+                    if earlier is None:
+                        first[name] = (meta, key)
+                        expire_at_s[name] = meta.keymap_expire_at_s
+                        continue
+                    expire_at_s[name] = max(expire_at_s[name], meta.keymap_expire_at_s)
+                    if meta.player != earlier[0].player:
+                        self._note_reuse(meta, key, earlier[0].player, meta.player)
+            for name, origin in first.items():
+                item = (name, origin[0].player, str(expire_at_s[name]))
                 items.append(item)
-                meta_of_item[id(item)] = meta
+                origin_of_item[id(item)] = origin
         replies = await run_per_node(self._client, MAP_KEYS_LUA, items, ordered=True)
         for chunk, reply in replies:
             for index in range(0, len(reply), 2):
                 item = chunk[int(reply[index]) - 1]
-                player = item[1]
-                previous = text(reply[index + 1])
-                meta = meta_of_item[id(item)]
-                family = family_of(meta.protocol)
-                self._cross_player_total[family] = self._cross_player_total.get(family, 0) + 1
-                unpublished = self._cross_player_unpublished
-                unpublished[family] = unpublished.get(family, 0) + 1
-                logger.warning(
-                    "journal: transaction key %r of tenant %s is used by player %s and player %s",
-                    meta.key,
-                    loggable_tenant(meta.tenant, self._settings.secret_tenants),
-                    previous,
-                    player,
-                )
+                meta, key = origin_of_item[id(item)]
+                self._note_reuse(meta, key, text(reply[index + 1]), item[1])
+
+    def _note_reuse(self, meta: RecordMeta, key: str, first_player: str, player: str) -> None:
+        """Count and log a transaction key that a second player used."""
+        family = family_of(meta.protocol)
+        self._cross_player_total[family] = self._cross_player_total.get(family, 0) + 1
+        unpublished = self._cross_player_unpublished
+        unpublished[family] = unpublished.get(family, 0) + 1
+        logger.warning(
+            "journal: transaction key %r of tenant %s is used by player %s and player %s",
+            key,
+            loggable_tenant(meta.tenant, self._settings.secret_tenants),
+            first_player,
+            player,
+        )
 
     def _check_sequences(self, shard: OwnedShard, metas: Sequence[RecordMeta]) -> None:
         """Per account, the seqs this writer writes must go up by exactly one."""
