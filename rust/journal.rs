@@ -546,8 +546,13 @@ fn emit(out: &mut Option<&mut Vec<u8>>, bytes: &[u8]) {
     }
 }
 
-/// A TTL of ASCII digits (leading zeros allowed) as seconds; `None` when empty, not digits, or
-/// too long to be exact.
+/// The longest TTL a record may name: `walletgate.config.MAX_TTL_S`, the longest retention a
+/// config may set (ten years). A longer one makes the entry take the reference path, which
+/// quarantines it.
+const MAX_TTL_S: i64 = 10 * 365 * 86_400;
+
+/// A TTL of ASCII digits (leading zeros allowed) as seconds; `None` when empty, not digits, too
+/// long to be exact, or longer than [`MAX_TTL_S`].
 fn ttl_seconds(text: &str) -> Option<i64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -556,11 +561,10 @@ fn ttl_seconds(text: &str) -> Option<i64> {
     if significant.len() > SAFE_DIGITS {
         return None;
     }
-    Some(
-        significant
-            .bytes()
-            .fold(0i64, |acc, digit| acc * 10 + i64::from(digit - b'0')),
-    )
+    let seconds = significant
+        .bytes()
+        .fold(0i64, |acc, digit| acc * 10 + i64::from(digit - b'0'));
+    (seconds <= MAX_TTL_S).then_some(seconds)
 }
 
 /// Reads the strings of an `fx` list. Strict JSON: any error makes the entry take the

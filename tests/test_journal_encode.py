@@ -224,6 +224,8 @@ VARIANTS: list[tuple[str, str | None]] = [
     ("fx", '[["a","b","c",""]]'), ("fx", '[["a","b","c","007"]]'), ("fx", '[["a","b","c","٣"]]'),
     ("fx", '[["a","b","c","del"]]'), ("fx", '[["a","","","DEL"]]'),
     ("fx", '[["a","b","c","99999999999999999999"]]'), ("fx", '[["a","b","c","0"],]'),
+    ("fx", '[["a","b","c","315360000"]]'), ("fx", '[["a","b","c","315360001"]]'),
+    ("fx", '[["a","b","c","999999999999"]]'), ("refs", '{"a":' * 300 + "1" + "}" * 300),
     ("fx", '[ [ "tx:k" , "b" , "c" , "5" ] , [ "tx:k", "b", "c", "6" ] ]'),
     ("fx", '[["tx:\\u00e9","b\\/c","\\"\\\\\\b\\f\\n\\r\\t\\u0001","1"]]'),
     ("fx", '[["\\ud800","b","c","1"]]'), ("fx", '[["a\x01","b","c","1"]]'),
@@ -468,3 +470,23 @@ def test_the_bench_generator_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     fallbacks = count_fallbacks(monkeypatch)
     assert records.encode_batch(entries, 3, KEYMAP_TTL_S) == expected
     assert fallbacks == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "malformed"),
+    [
+        ("fx", '[["a","b","c","315360000"]]', False),
+        ("fx", '[["a","b","c","315360001"]]', True),
+        ("refs", '{"a":' * 300 + "1" + "}" * 300, True),
+    ],
+)
+def test_what_redis_or_orjson_would_refuse_is_quarantined(
+    name: str, value: str, malformed: bool
+) -> None:
+    """A TTL longer than any config sets would make the key map's SET ... EXAT fail, and refs
+    nested past orjson's depth limit cannot be written: either would stall the writer on every
+    retry, so both paths quarantine such an entry instead."""
+    entries = entries_of([flat(list({**BASE, name: value}.items()))])
+    expected = records.encode_batch_reference(entries, 1, KEYMAP_TTL_S)
+    assert [meta.malformed for meta in expected[1]] == [malformed]
+    assert records.encode_batch(entries, 1, KEYMAP_TTL_S) == expected

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 IDEMPOTENCY_TTL_MIN_S = 604_800
+# The longest retention a config may set; a journal record naming a longer TTL is malformed.
+MAX_TTL_S = 10 * 365 * 86400
 MIDAS_TTL_MIN_S = 172_800
 ADMIN_TOKEN_MIN_CHARS = 32
 MAX_BODY_BYTES_LIMIT = 1_048_576
@@ -277,7 +279,7 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
             "ttl_s",
             IDEMPOTENCY_TTL_MIN_S,
             IDEMPOTENCY_TTL_MIN_S,
-            10 * 365 * 86400,
+            MAX_TTL_S,
             "idempotency",
         ),
         midas_ttl_s=_int(
@@ -285,7 +287,7 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
             "midas_ttl_s",
             MIDAS_TTL_MIN_S,
             MIDAS_TTL_MIN_S,
-            10 * 365 * 86400,
+            MAX_TTL_S,
             "idempotency",
         ),
     )

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from walletgate import _native
+from walletgate.config import MAX_TTL_S
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -143,7 +144,10 @@ def parse_fx(raw: str) -> list[FxEntry]:
             type(item) is list
             and len(item) == 4
             and all(type(part) is str for part in item)
-            and (item[3] == "del" or (item[3].isascii() and item[3].isdigit()))
+            and (
+                item[3] == "del"
+                or (item[3].isascii() and item[3].isdigit() and int(item[3]) <= MAX_TTL_S)
+            )
         ):
             # The usual case, checked in one pass: four strings and a TTL in seconds.
             entries.append((item[0], item[1], item[2], item[3]))
@@ -153,6 +157,9 @@ def parse_fx(raw: str) -> list[FxEntry]:
         suffix, field_name, value, ttl = (_fx_part(part) for part in item)
         if ttl != "del" and not INTEGER_TEXT.match(ttl):
             raise MalformedEntry(f"fx ttl {ttl!r} is neither seconds nor 'del'")
+        if ttl != "del" and int(ttl) > MAX_TTL_S:
+            # No config sets such a retention, and Redis would refuse the key map's expiry.
+            raise MalformedEntry(f"fx ttl {ttl} is longer than {MAX_TTL_S} s")
         entries.append((suffix, field_name, value, ttl))
     return entries
 
@@ -337,6 +344,8 @@ def encode_entry(entry: StreamEntry, batch: int, keymap_ttl_s: int) -> tuple[byt
     ts_us: int | None = None
     try:
         record, ts_us = journal_record_and_ts(entry.bucket, entry.sid, entry.fields, batch)
+        # Inside the try: orjson refuses what it read but cannot write (refs nested past 255).
+        line = orjson.dumps(record)
     except (MalformedEntry, UnicodeDecodeError, TypeError, ValueError) as error:
         logger.error(
             "journal: stream entry %s of bucket %d is malformed: %s",
@@ -345,7 +354,9 @@ def encode_entry(entry: StreamEntry, batch: int, keymap_ttl_s: int) -> tuple[byt
             error,
         )
         record = quarantine_record(entry.bucket, entry.sid, entry.fields, batch, str(error))
-    return orjson.dumps(record), meta_of(record, entry.stream, keymap_ttl_s, ts_us)
+        line = orjson.dumps(record)
+        ts_us = None
+    return line, meta_of(record, entry.stream, keymap_ttl_s, ts_us)
 
 
 def encode_batch_reference(
