@@ -701,14 +701,12 @@ class JournalWriter:
 
     async def _maintain_leases(self) -> None:
         settings = self._settings
-        now_ms = int(time.time() * 1000)
         registered = await self._client.eval(
             REGISTER_WRITER_LUA,
             1,
             WRITERS_KEY,
             self.writer_id,
-            now_ms + settings.lease_ms,
-            now_ms,
+            settings.lease_ms,
             2 * settings.lease_ms,
         )
         live_writers = max(1, int(registered))
