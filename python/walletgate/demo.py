@@ -157,6 +157,17 @@ async def _seed(config: Config) -> None:
                     ref=f"demo-funding-{player}",
                     kind="adjust",
                 )
+        for merchant in config.transfer_merchants.values():
+            for player in DEMO_PLAYERS:
+                await adjust(
+                    ledger,
+                    tenant=merchant.appid,
+                    player=player,
+                    currency=merchant.default_currency,
+                    amount_units=amount_units,
+                    ref=f"demo-funding-{player}",
+                    kind="adjust",
+                )
         for agent in config.wallet_v2_agents.values():
             for player in DEMO_PLAYERS:
                 await register_session(
@@ -287,6 +298,15 @@ def run_demo(directory: Path, *, port: int, workers: int, redis_url: str | None)
         redis_url = f"redis://127.0.0.1:{DEMO_REDIS_PORT}/0"
     config_path = _write_config(directory, port, redis_url)
     config = load_config(config_path)
+    if config.redis.url != redis_url:
+        # The config was written by an earlier run with another Redis: seeding and serving
+        # would use that one, not the one asked for now.
+        print(
+            f"walletgate demo: {config_path} uses Redis {config.redis.url}, not {redis_url}; "
+            "remove it, or give another --dir",
+            file=sys.stderr,
+        )
+        return 2
     asyncio.run(_seed(config))
     print(f"walletgate demo: config {config_path}, Redis {config.redis.url}")
     print(f"players {', '.join(DEMO_PLAYERS)} funded with {DEMO_FUNDING} on every tenant\n")
