@@ -156,11 +156,18 @@ def test_one_cycle_reads_writes_and_finishes_every_shard_at_once(
     client.close()
 
 
-def test_a_key_that_two_shards_name_for_two_players_in_one_cycle_is_caught(
-    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "bob_bucket",
+    [
+        pytest.param(1, id="two shards in one cycle"),
+        pytest.param(0, id="one batch"),
+    ],
+)
+def test_a_key_that_two_players_use_keeps_the_first_and_is_counted(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, bob_bucket: int
 ) -> None:
     add_record(redis_url, 0, "alice", "shared", 1)
-    add_record(redis_url, 1, "bob", "shared", 1)
+    add_record(redis_url, bob_bucket, "bob", "shared", 1)
     add_record(redis_url, 2, "carol", "own", 1)
 
     async def scenario() -> writer.JournalStatus:
@@ -177,28 +184,6 @@ def test_a_key_that_two_shards_name_for_two_players_in_one_cycle_is_caught(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert client.get(keymap_key("t1", "shared")) == "alice"
     assert client.get(keymap_key("t1", "own")) == "carol"
-    client.close()
-
-
-def test_a_key_that_one_batch_names_for_two_players_keeps_the_first(
-    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    add_record(redis_url, 0, "alice", "shared", 1)
-    add_record(redis_url, 0, "bob", "shared", 1)
-
-    async def scenario() -> writer.JournalStatus:
-        journal = await owning_every_shard(redis_url, tmp_path / "journal")
-        await journal._cycle()
-        status = journal.status()
-        await close(journal)
-        return status
-
-    with caplog.at_level(logging.WARNING, "walletgate.journal"):
-        status = run(scenario())
-    assert dict(status.cross_player_total) == {"admin": 1}
-    assert "'shared' of tenant t1 is used by player alice and player bob" in caplog.text
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.get(keymap_key("t1", "shared")) == "alice"
     client.close()
 
 

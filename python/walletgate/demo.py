@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import orjson
 
@@ -138,75 +139,44 @@ async def _seed(config: Config) -> None:
     ledger = Ledger(make_runner(config.redis), ledger_settings(config))
     try:
         amount_units = _native.parse_money(DEMO_FUNDING)
-        for tenant in config.minigame_merchants.values():
+
+        async def fund(
+            tenant: str,
+            currency: str,
+            token: str | None,
+            session_key: str = "",
+            kind: Literal["adjust", "save"] = "adjust",
+        ) -> None:
+            """Every demo player: a session (when the family has one), then its funding."""
             for player in DEMO_PLAYERS:
-                await register_session(
-                    ledger,
-                    tenant=tenant.app_id,
-                    player=player,
-                    currency=tenant.default_currency,
-                    token=f"{player}-session",
-                    ttl_s=604_800,
-                )
+                if token is not None:
+                    await register_session(
+                        ledger,
+                        tenant=tenant,
+                        player=player,
+                        currency=currency,
+                        token=f"{player}-{token}",
+                        ttl_s=604_800,
+                        session_key=session_key and f"{player}-{session_key}",
+                    )
                 await adjust(
                     ledger,
-                    tenant=tenant.app_id,
+                    tenant=tenant,
                     player=player,
-                    currency=tenant.default_currency,
+                    currency=currency,
                     amount_units=amount_units,
-                    ref=f"demo-funding-{player}",
-                    kind="adjust",
+                    ref=f"demo-{'save' if kind == 'save' else 'funding'}-{player}",
+                    kind=kind,
                 )
-        for merchant in config.transfer_merchants.values():
-            for player in DEMO_PLAYERS:
-                await adjust(
-                    ledger,
-                    tenant=merchant.appid,
-                    player=player,
-                    currency=merchant.default_currency,
-                    amount_units=amount_units,
-                    ref=f"demo-funding-{player}",
-                    kind="adjust",
-                )
+
+        for merchant in config.minigame_merchants.values():
+            await fund(merchant.app_id, merchant.default_currency, "session")
+        for transfer in config.transfer_merchants.values():
+            await fund(transfer.appid, transfer.default_currency, None)
         for agent in config.wallet_v2_agents.values():
-            for player in DEMO_PLAYERS:
-                await register_session(
-                    ledger,
-                    tenant=agent.wallet_token,
-                    player=player,
-                    currency=agent.currencies[0],
-                    token=f"{player}-code",
-                    ttl_s=604_800,
-                )
-                await adjust(
-                    ledger,
-                    tenant=agent.wallet_token,
-                    player=player,
-                    currency=agent.currencies[0],
-                    amount_units=amount_units,
-                    ref=f"demo-funding-{player}",
-                    kind="adjust",
-                )
+            await fund(agent.wallet_token, agent.currencies[0], "code")
         for app in config.midas_apps.values():
-            for player in DEMO_PLAYERS:
-                await register_session(
-                    ledger,
-                    tenant=app.appid,
-                    player=player,
-                    currency="1",
-                    token=f"{player}-midas",
-                    ttl_s=604_800,
-                    session_key=f"{player}-session-key",
-                )
-                await adjust(
-                    ledger,
-                    tenant=app.appid,
-                    player=player,
-                    currency="1",
-                    amount_units=amount_units,
-                    ref=f"demo-save-{player}",
-                    kind="save",
-                )
+            await fund(app.appid, "1", "midas", session_key="session-key", kind="save")
     finally:
         await ledger.runner.close()
 
