@@ -307,7 +307,7 @@ class JournalWriter:
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         )
         streams = keys.all_journal_stream_keys(settings.buckets, settings.cluster)
-        self.shard_count = min(settings.shards, len(streams))
+        self.shard_count = shard_count_of(settings)
         self._shard_streams: list[list[tuple[int, str]]] = [[] for _ in range(self.shard_count)]
         for bucket, stream in enumerate(streams):
             self._shard_streams[bucket % self.shard_count].append((bucket, stream))
@@ -856,38 +856,79 @@ class JournalWriter:
 
     async def _refresh_status(self) -> None:
         """Read every shard's last published stats, so this worker reports the whole journal."""
-        settings = self._settings
-        self._next_status_refresh = time.monotonic() + settings.status_interval_ms / 1000
-        raw, cross_player = await run_pipeline(
-            self._client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
-        )
-        self._cross_player_all_writers_total = parse_counts(cross_player)
-        now_ms = int(time.time() * 1000)
+        self._next_status_refresh = time.monotonic() + self._settings.status_interval_ms / 1000
         uptime_ms = int((time.monotonic() - self._started_monotonic) * 1000)
-        published: dict[int, ShardStats] = {}
-        for name, value in raw.items():
-            stats = parse_shard_stats(value)
-            if stats is not None and text(name).isdigit():
-                published[int(text(name))] = stats
-        pending = 0
-        oldest_age_ms = 0
-        for number in range(self.shard_count):
-            stats = published.get(number)
-            if stats is None:
-                # Nobody has reported this shard since this writer started: count the wait once
-                # it is longer than a lease, the time a live writer needs to take a shard.
-                if uptime_ms > 2 * settings.lease_ms:
-                    oldest_age_ms = max(oldest_age_ms, uptime_ms)
-                continue
-            pending += stats.pending
-            age_ms = now_ms - stats.oldest_ms if stats.pending and stats.oldest_ms else 0
-            silence_ms = now_ms - stats.updated_ms
-            if silence_ms > settings.lease_ms:
-                # No owner has made progress for longer than a lease: the shard is stuck.
-                age_ms = max(age_ms, silence_ms)
-            oldest_age_ms = max(oldest_age_ms, age_ms)
-        self._pending_records = pending
-        self._oldest_pending_age_s = max(0, oldest_age_ms) / 1000
+        figures = await read_journal_figures(
+            self._client, self.shard_count, self._settings.lease_ms, uptime_ms
+        )
+        self._pending_records = figures.pending_records
+        self._oldest_pending_age_s = figures.oldest_pending_age_ms / 1000
+        self._cross_player_all_writers_total = figures.cross_player_all_writers_total
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFigures:
+    """The whole journal's figures, from what every shard owner publishes in Redis."""
+
+    pending_records: int
+    oldest_pending_age_ms: int
+    # When the shard heard from last reported (0: none has), and its last flush's duration.
+    freshest_update_ms: int
+    last_flush_s: float
+    cross_player_all_writers_total: dict[str, int]
+
+
+def shard_count_of(settings: WriterSettings) -> int:
+    """How many shards the writers split the pending streams into."""
+    streams = keys.CLUSTER_SLOTS if settings.cluster else settings.buckets
+    return min(settings.shards, streams)
+
+
+async def read_journal_figures(
+    client: RedisClient, shard_count: int, lease_ms: int, uptime_ms: int
+) -> JournalFigures:
+    """Sum up every shard's published stats (writers and workers alike report these).
+
+    ``uptime_ms`` is how long the caller has been watching: a shard nobody has reported (its
+    figures expired, or no writer took it) counts as waiting that long once it exceeds two
+    leases, the time a live writer needs to take a shard.
+    """
+    raw, cross_player = await run_pipeline(
+        client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
+    )
+    now_ms = int(time.time() * 1000)
+    published: dict[int, ShardStats] = {}
+    for name, value in raw.items():
+        stats = parse_shard_stats(value)
+        if stats is not None and text(name).isdigit():
+            published[int(text(name))] = stats
+    pending = 0
+    oldest_age_ms = 0
+    freshest_ms = 0
+    last_flush_s = 0.0
+    for number in range(shard_count):
+        stats = published.get(number)
+        if stats is None:
+            if uptime_ms > 2 * lease_ms:
+                oldest_age_ms = max(oldest_age_ms, uptime_ms)
+            continue
+        pending += stats.pending
+        if stats.updated_ms > freshest_ms:
+            # The flush of the shard heard from last is the journal's last flush.
+            freshest_ms, last_flush_s = stats.updated_ms, stats.flush_s
+        age_ms = now_ms - stats.oldest_ms if stats.pending and stats.oldest_ms else 0
+        silence_ms = now_ms - stats.updated_ms
+        if silence_ms > lease_ms:
+            # No owner has made progress for longer than a lease: the shard is stuck.
+            age_ms = max(age_ms, silence_ms)
+        oldest_age_ms = max(oldest_age_ms, age_ms)
+    return JournalFigures(
+        pending_records=pending,
+        oldest_pending_age_ms=max(0, oldest_age_ms),
+        freshest_update_ms=freshest_ms,
+        last_flush_s=last_flush_s,
+        cross_player_all_writers_total=parse_counts(cross_player),
+    )
 
 
 # --- Foreground entry point ------------------------------------------------------------------
