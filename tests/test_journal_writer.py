@@ -749,8 +749,11 @@ def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: P
     settings = WriterSettings.from_config(config, lease_ms=1000)
     client = redis.Redis.from_url(redis_url)
     now_ms = int(time.time() * 1000)
-    fresh = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms, "flush_s": 0.001}
+    fresh = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms - 5, "flush_s": 0.001}
     client.hset(writer.STATS_KEY, "0", orjson.dumps(fresh))
+    # Shard 1 reported later but never flushed: the last flush is still shard 0's.
+    idle = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms, "flush_s": 0.0}
+    client.hset(writer.STATS_KEY, "1", orjson.dumps(idle))
     client.close()
 
     async def scenario() -> writer.JournalStatus:
@@ -762,5 +765,6 @@ def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: P
         return observer.status()
 
     status = run(scenario())
-    assert status.alive  # shard 0 reported just now
-    assert status.oldest_pending_age_s >= 10  # shards 1 to 3 never did
+    assert status.alive  # shards 0 and 1 reported just now
+    assert status.last_flush_s == 0.001
+    assert status.oldest_pending_age_s >= 10  # shards 2 and 3 never did

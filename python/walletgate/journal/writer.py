@@ -872,7 +872,8 @@ class JournalFigures:
 
     pending_records: int
     oldest_pending_age_ms: int
-    # When the shard heard from last reported (0: none has), and its last flush's duration.
+    # When the shard heard from last reported (0: none has), and the duration of the last flush
+    # of the shards that have flushed.
     freshest_update_ms: int
     last_flush_s: float
     cross_player_all_writers_total: dict[str, int]
@@ -905,6 +906,7 @@ async def read_journal_figures(
     pending = 0
     oldest_age_ms = 0
     freshest_ms = 0
+    flushed_ms = 0
     last_flush_s = 0.0
     for number in range(shard_count):
         stats = published.get(number)
@@ -913,9 +915,11 @@ async def read_journal_figures(
                 oldest_age_ms = max(oldest_age_ms, uptime_ms)
             continue
         pending += stats.pending
-        if stats.updated_ms > freshest_ms:
-            # The flush of the shard heard from last is the journal's last flush.
-            freshest_ms, last_flush_s = stats.updated_ms, stats.flush_s
+        freshest_ms = max(freshest_ms, stats.updated_ms)
+        if stats.flush_s > 0 and stats.updated_ms > flushed_ms:
+            # Of the shards that have flushed, the one heard from last gives the journal's last
+            # flush (an idle shard that never flushed reports 0, which says nothing).
+            flushed_ms, last_flush_s = stats.updated_ms, stats.flush_s
         age_ms = now_ms - stats.oldest_ms if stats.pending and stats.oldest_ms else 0
         silence_ms = now_ms - stats.updated_ms
         if silence_ms > lease_ms:
