@@ -28,7 +28,7 @@ from walletgate.journal import replay, writer
 from walletgate.journal.observer import JournalObserver
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
 from walletgate.journal.scripts import DELETE_ENTRIES_LUA
-from walletgate.journal.segments import JournalLayoutError, open_segment
+from walletgate.journal.segments import JournalLayoutError, ShardFiles, open_segment
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
@@ -439,6 +439,91 @@ def test_torn_line_and_unfinished_batch_are_recovered(redis_url: str, tmp_path: 
     records = disk_records(config.journal.dir)
     assert_each_record_once(records, applied_count(outcomes))
     assert replay_verify(config) == 0
+
+
+def test_pages_lost_by_a_power_loss_are_moved_aside_and_written_again(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A power loss kept the segment's new size but not every page of its last, unsynced batch:
+    a page reads back as zeros between complete lines. Before, every recovery raised
+    JournalCorrupt on that line and the shard never drained. Now the batch's bytes from the hole
+    on are moved to a .lost-pages file and its records are written again from Redis."""
+    config = journal_config(redis_url, tmp_path / "journal", buckets=1)
+    overrides = {"shards": 1}
+
+    async def scenario() -> dict[str, tuple[str, int]]:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, plan_operations(30, seed=15), 1)
+        await drain(config, **overrides)
+        outcomes.update(await apply_operations(ledger, plan_operations(30, seed=16), 1))
+        await ledger.runner.close()
+        return outcomes
+
+    outcomes = run(scenario())
+    stream = keys.journal_stream_key(0, False)
+    client = redis.Redis.from_url(redis_url)
+    pending: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream)  # type: ignore[assignment]
+    assert len(pending) >= 8
+    segment = replay.segment_paths(config.journal.dir)[-1]
+    synced_size = segment.stat().st_size
+    last_batch = orjson.loads(segment.read_bytes().splitlines()[-1])["batch"]
+    lines = [
+        orjson.dumps(journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
+        for sid, fields in pending[:6]
+    ]
+    # Lines 0-1 reached the disk, line 2 began a page that was lost (zeros up to the next page),
+    # lines 4-5 reached the disk after the hole, and the batch ends in a torn line.
+    hole = lines[2][:40] + bytes(4096) + lines[3][60:]
+    with open(segment, "ab") as handle:
+        handle.write(lines[0] + lines[1] + hole + lines[4] + lines[5] + lines[5][:30])
+    cut_at = synced_size + len(lines[0]) + len(lines[1])
+
+    run(drain(config, **overrides))
+    assert client.xlen(stream) == 0
+    client.close()
+    records = disk_records(config.journal.dir)
+    assert_each_record_once(records, applied_count(outcomes))
+    assert replay_verify(config) == 0
+    aside = list(segment.parent.glob(segment.name + ".lost-pages-*"))
+    assert len(aside) == 1, aside
+    assert aside[0].read_bytes() == hole + lines[4] + lines[5] + lines[5][:30]
+    # The two complete lines before the hole stayed where they were.
+    assert segment.read_bytes()[synced_size:cut_at] == lines[0] + lines[1]
+
+
+def test_a_hole_in_an_older_batch_is_not_cut(tmp_path: Path) -> None:
+    """Only the newest batch can have been lost by a power loss: a NUL line followed by lines
+    of an older batch than the last is damage to fsynced data, which recovery leaves alone."""
+    directory = tmp_path / "shard-00"
+    directory.mkdir()
+
+    def line(batch: int, number: int) -> bytes:
+        return orjson.dumps({"batch": batch, "n": number, "pad": "x" * 50}) + b"\n"
+
+    segment = directory / "segment-000000001.jsonl"
+    older = line(1, 0) + line(1, 1) + bytes(100) + b"\n" + line(1, 2)
+    segment.write_bytes(older + line(2, 0) + line(2, 1))
+    files = ShardFiles(directory, 1 << 20)
+    last_records, last_batch = files.open()
+    files.close()
+    assert (last_batch, [record["n"] for record in last_records]) == (2, [0, 1])
+    assert segment.read_bytes() == older + line(2, 0) + line(2, 1)
+    assert not list(directory.glob("*.lost-pages-*"))
+
+    # The same hole in the newest batch, with nothing but zeros after it, is cut.
+    segment.write_bytes(line(2, 0) + line(3, 0) + b"\x00" * 300)
+    files = ShardFiles(directory, 1 << 20)
+    last_records, last_batch = files.open()
+    files.close()
+    assert segment.read_bytes() == line(2, 0) + line(3, 0)
+    assert (last_batch, [record["n"] for record in last_records]) == (3, [0])
+
+    segment.write_bytes(line(2, 0) + line(3, 0) + b"\x00" * 300 + b"\n" + line(3, 1))
+    files = ShardFiles(directory, 1 << 20)
+    last_records, last_batch = files.open()
+    files.close()
+    assert segment.read_bytes() == line(2, 0) + line(3, 0)
+    assert len(list(directory.glob("*.lost-pages-*"))) == 1
 
 
 def test_sigkill_mid_flush_loses_and_duplicates_nothing(redis_url: str, tmp_path: Path) -> None:

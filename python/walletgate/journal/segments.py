@@ -151,8 +151,9 @@ def open_segment(path: Path) -> io.BufferedIOBase:
         return gzip.open(_archived_twin(path), "rb")
 
 
-def lines_backward(descriptor: int, end: int) -> Iterator[bytes]:
-    """The complete lines of ``[0, end)`` from last to first; ``end`` must follow a newline."""
+def lines_backward(descriptor: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """The complete lines of ``[0, end)`` from last to first, each with the offset where it
+    starts; ``end`` must follow a newline."""
     position = end
     remainder = b""
     while position > 0:
@@ -161,11 +162,58 @@ def lines_backward(descriptor: int, end: int) -> Iterator[bytes]:
         block = os.pread(descriptor, size, position) + remainder
         parts = block.split(b"\n")
         remainder = parts[0]
+        cursor = position + len(block)
         for line in reversed(parts[1:]):
+            start = cursor - len(line)
             if line:
-                yield line
+                yield start, line
+            cursor = start - 1  # the newline before the line
     if remainder:
-        yield remainder
+        yield 0, remainder
+
+
+def batch_number(line: bytes) -> int | None:
+    """The ``batch`` of a journal line, or None when the line is not a journal record."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    batch = record.get("batch")
+    return batch if isinstance(batch, int) else None
+
+
+def lost_pages_start(descriptor: int, end: int) -> int | None:
+    """Where the last batch of ``[0, end)`` lost pages to a power loss, or None.
+
+    A filesystem may keep a file's new size but not all of the data written before a power
+    loss, and read the pages it lost back as zeros. Only the last batch can be hit: every
+    batch is fsynced before the next one is written. A journal line never holds a NUL byte
+    (JSON escapes control characters), so a line holding one is such a hole, and the answer
+    is the start of the earliest of them, as long as every complete line after it belongs to
+    the same batch as the lines just before it (those of the newest batch on disk). A hole
+    among the lines of an older batch is not a lost write but damage to fsynced data, which
+    this never cuts: the readers report it.
+    """
+    newest_batch: int | None = None
+    earliest_hole: int | None = None
+    for offset, line in lines_backward(descriptor, end):
+        if b"\0" in line:
+            earliest_hole = offset
+            continue
+        batch = batch_number(line)
+        if batch is None:
+            # Not a lost page: the caller reports the unreadable line.
+            return None
+        if newest_batch is None:
+            newest_batch = batch
+        if batch < newest_batch:
+            # An older, fsynced batch: no hole can be before it.
+            break
+        if batch > newest_batch:
+            return None
+    return earliest_hole
 
 
 def complete_end(descriptor: int, size: int) -> int:
@@ -246,11 +294,19 @@ class ShardFiles:
         return last_records, last_batch
 
     def _recover_segment(self, path: Path) -> tuple[list[dict[str, Any]], int | None]:
-        """Truncate a torn last line, then read back the lines of the segment's last batch."""
+        """Move aside the pages a power loss lost, truncate a torn last line, then read back
+        the lines of the segment's last batch."""
         descriptor = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             size = os.fstat(descriptor).st_size
             end = complete_end(descriptor, size)
+            hole = lost_pages_start(descriptor, end)
+            if hole is not None:
+                # The batch these lines belong to was never fsynced, so none of its stream
+                # entries was deleted: they are all written again from Redis. The bytes are
+                # kept next to the segment for whoever investigates the power loss.
+                self._move_aside(path, descriptor, hole, size)
+                size = end = hole
             if end < size:
                 # The bytes after the last newline are a record cut short by a crash (or zeros
                 # left by a power loss). Its stream entry was never deleted, so it is written
@@ -266,7 +322,7 @@ class ShardFiles:
                 os.fsync(descriptor)
             batch: int | None = None
             records: list[dict[str, Any]] = []
-            for line in lines_backward(descriptor, end):
+            for _, line in lines_backward(descriptor, end):
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError:
@@ -282,6 +338,37 @@ class ShardFiles:
             return records, batch
         finally:
             os.close(descriptor)
+
+    def _move_aside(self, path: Path, descriptor: int, start: int, size: int) -> None:
+        """Copy ``[start, size)`` of the segment to a ``.lost-pages`` file, make the copy
+        durable, then cut the segment at ``start``."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"{path.name}.lost-pages-{stamp}-{secrets.token_hex(4)}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        aside_descriptor = os.open(aside, flags, 0o640)
+        try:
+            position = start
+            while position < size:
+                block = os.pread(descriptor, min(TAIL_READ_CHUNK_BYTES, size - position), position)
+                if not block:
+                    break
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(aside_descriptor, view) :]
+                position += len(block)
+            os.fsync(aside_descriptor)
+        finally:
+            os.close(aside_descriptor)
+        fsync_directory(self.directory)
+        os.ftruncate(descriptor, start)
+        os.fsync(descriptor)
+        logger.warning(
+            "journal: %s lost pages in its last, unsynced batch; moved its last %d bytes to %s "
+            "and will write that batch again from Redis",
+            path,
+            size - start,
+            aside.name,
+        )
 
     def append(self, data: bytes) -> float:
         """Append whole lines and fsync; returns the seconds the write and fsync took.
