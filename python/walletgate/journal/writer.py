@@ -552,33 +552,46 @@ class JournalWriter:
 
     async def _write_group(self, group: Sequence[ShardRead]) -> bool:
         """Write the batches read (each only while its lease is trusted), then finish them;
-        True when one of the shards written has more waiting."""
+        True when one of the shards written has more waiting.
+
+        A slow disk can make one trip to the file thread outlast the lease trust of the shards
+        written last. Those come back unwritten, have their leases renewed one by one, and go
+        in the next trip; a shard whose lease another writer took meanwhile is given up. Each
+        trip starts right after the renewals, so it writes at least one batch unless a single
+        write outlasts a whole trust window; the trips are bounded by the group's size.
+        """
         # Never touch the files of a shard given up since it was read.
-        group = [read for read in group if self._owned.get(read.shard.number) is read.shard]
-        if not group:
-            return False
-        outcomes: list[ShardWrite] = await self._in_file_thread(
-            write_batches, group, self._settings.keymap_ttl_s
-        )
+        waiting = [read for read in group if self._owned.get(read.shard.number) is read.shard]
         written: list[ShardRead] = []
-        for read, outcome in zip(group, outcomes, strict=True):
-            shard = read.shard
-            if outcome.error is not None:
-                await self._disk_error(shard, outcome.error)
-                continue
-            if outcome.metas is None:
-                logger.warning(
-                    "journal: shard %d lease not confirmed in time; giving it up", shard.number
-                )
-                await self._drop(shard, release_lease=False)
-                continue
-            shard.next_batch = read.batch + 1
-            shard.unfinished = outcome.metas
-            self._last_flush_s = outcome.flush_s
-            read.flush_s = outcome.flush_s
-            self._records_written_total += len(outcome.metas)
-            self._check_sequences(shard, outcome.metas)
-            written.append(read)
+        for _ in range(len(waiting)):
+            if not waiting:
+                break
+            outcomes: list[ShardWrite] = await self._in_file_thread(
+                write_batches, waiting, self._settings.keymap_ttl_s
+            )
+            untrusted: list[ShardRead] = []
+            for read, outcome in zip(waiting, outcomes, strict=True):
+                shard = read.shard
+                if outcome.error is not None:
+                    await self._disk_error(shard, outcome.error)
+                    continue
+                if outcome.metas is None:
+                    untrusted.append(read)
+                    continue
+                shard.next_batch = read.batch + 1
+                shard.unfinished = outcome.metas
+                self._last_flush_s = outcome.flush_s
+                read.flush_s = outcome.flush_s
+                self._records_written_total += len(outcome.metas)
+                self._check_sequences(shard, outcome.metas)
+                written.append(read)
+            waiting = [read for read in untrusted if await self._renew_lease(read.shard)]
+        if waiting:
+            # Not written this cycle: their entries stay in Redis and are read again.
+            logger.warning(
+                "journal: shards %s not written: the disk is slower than the lease trust window",
+                [read.shard.number for read in waiting],
+            )
         try:
             await self._finish([read.shard for read in written])
         except OSError as error:
@@ -588,6 +601,20 @@ class JournalWriter:
         for read in written:
             self._queue_stats(read)
         return any(read.more for read in written)
+
+    async def _renew_lease(self, shard: OwnedShard) -> bool:
+        """Renew one shard's lease; when another writer holds it now, give the shard up."""
+        settings = self._settings
+        sent = time.monotonic()
+        renewed = await self._client.eval(
+            RENEW_LEASE_LUA, 1, lease_key(shard.number), self.writer_id, settings.lease_ms
+        )
+        if int(renewed) == 1:
+            shard.lease_trusted_until = sent + LEASE_TRUST_FRACTION * settings.lease_ms / 1000
+            return True
+        logger.warning("journal: lost the lease of shard %d", shard.number)
+        await self._drop(shard, release_lease=False)
+        return False
 
     async def _finish(self, shards: Sequence[OwnedShard]) -> None:
         """Map the keys of the records just written, then delete them from Redis: every key of
@@ -712,15 +739,7 @@ class JournalWriter:
         live_writers = max(1, int(registered))
         target = math.ceil(self.shard_count / live_writers)
         for shard in list(self._owned.values()):
-            sent = time.monotonic()
-            renewed = await self._client.eval(
-                RENEW_LEASE_LUA, 1, lease_key(shard.number), self.writer_id, settings.lease_ms
-            )
-            if int(renewed) == 1:
-                shard.lease_trusted_until = sent + LEASE_TRUST_FRACTION * settings.lease_ms / 1000
-            else:
-                logger.warning("journal: lost the lease of shard %d", shard.number)
-                await self._drop(shard, release_lease=False)
+            await self._renew_lease(shard)
         # Give shards back when more writers joined, so every writer carries a fair share.
         for number in sorted(self._owned, reverse=True):
             if len(self._owned) <= target:
