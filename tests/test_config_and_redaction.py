@@ -11,6 +11,7 @@ import pytest
 from gateway_helpers import WALLET_TOKEN, config_dict
 from walletgate import cli
 from walletgate.config import ConfigError, parse_config
+from walletgate.journal.observer import SIDECAR_STATE_FILE, read_sidecar_restarts
 from walletgate.logs import loggable_path, loggable_tenant
 
 
@@ -51,12 +52,14 @@ def test_a_prefix_that_is_not_a_string_is_a_config_error(tmp_path: Path) -> None
 
 
 def test_the_sidecar_is_restarted_and_stop_leaves_no_writer_behind(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The supervisor restarts a writer that dies; stop() ends the current one and the
-    supervisor, even while a restart is due (the lock orders the two)."""
+    """The supervisor restarts a writer that dies and publishes how often it did (for the
+    workers' /readyz and /metrics); stop() ends the current one and the supervisor, even while
+    a restart is due (the lock orders the two)."""
     monkeypatch.setattr(cli, "SIDECAR_RESTART_BACKOFF_S", (0.01,))
-    sidecar = cli.JournalSidecar("unused.toml")
+    state_path = tmp_path / SIDECAR_STATE_FILE
+    sidecar = cli.JournalSidecar("unused.toml", state_path)
     # A writer that dies at once, many times over.
     sidecar.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
     sidecar.start()
@@ -68,6 +71,7 @@ def test_the_sidecar_is_restarted_and_stop_leaves_no_writer_behind(
         assert process is not None
         started.add(process.pid)
         time.sleep(0.01)
+    assert read_sidecar_restarts(state_path) >= 4
     # Now one that would run for a minute: stop() must end it.
     sidecar.command = [sys.executable, "-c", "import time; time.sleep(60)"]
     time.sleep(0.2)

@@ -24,6 +24,7 @@ import redis.asyncio
 from conftest import RedisServer
 from ledger_helpers import make_ledger
 from walletgate.config import Config, parse_config
+from walletgate.health import record_journal_status
 from walletgate.journal import replay, writer
 from walletgate.journal.observer import JournalObserver
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
@@ -33,6 +34,7 @@ from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.core import Ledger, LedgerSettings
+from walletgate.metrics import Metrics
 
 ADMIN_TOKEN = "t" * 40
 SPEC_FIELDS = {
@@ -825,6 +827,35 @@ def test_the_writer_drains_a_redis_that_is_over_maxmemory(
     assert pending_count(fresh_redis.url) == 0
     assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
     admin.close()
+
+
+def test_the_observer_gives_no_start_grace_once_the_writer_was_restarted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker that starts while `walletgate serve` keeps restarting a crashing journal writer
+    must not call it alive for its first two leases, as it does on a fresh start."""
+    config = journal_config(redis_url, tmp_path / "journal")
+    settings = WriterSettings.from_config(config, lease_ms=1000)
+    state_path = tmp_path / "journal-sidecar.json"
+
+    async def status_with(state: bytes | None) -> writer.JournalStatus:
+        if state is not None:
+            state_path.write_bytes(state)
+        async_client = redis.asyncio.Redis.from_url(redis_url)
+        observer = JournalObserver(async_client, settings, state_path)
+        await observer.refresh()  # just started, and no writer ever reported
+        await async_client.aclose()
+        return observer.status()
+
+    fresh = run(status_with(None))
+    assert fresh.alive and fresh.writer_restarts_total == 0
+    first = run(status_with(b'{"restarts": 0}'))
+    assert first.alive
+    crashing = run(status_with(b'{"restarts": 3}'))
+    assert not crashing.alive and crashing.writer_restarts_total == 3
+    metrics = Metrics()
+    record_journal_status(metrics, crashing)
+    assert "walletgate_journal_writer_restarts_total 3" in metrics.render()
 
 
 def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: Path) -> None:

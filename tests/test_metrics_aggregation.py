@@ -24,6 +24,7 @@ def worker_snapshot(requests: int, pending: int, reused: int) -> dict[str, list[
         oldest_pending_age_s=0.25,
         last_flush_s=0.004,
         cross_player_all_writers_total={"admin": reused},
+        writer_restarts_total=reused,
     )
     record_journal_status(metrics, status)
     return metrics.snapshot()
@@ -41,6 +42,7 @@ def test_own_counters_add_up_and_journal_figures_do_not() -> None:
     assert sample(text, "requests_total") == 7
     assert sample(text, "journal_pending_records") == 7
     assert sample(text, 'idempotency_cross_player_total{family="admin"}') == 2
+    assert sample(text, "journal_writer_restarts_total") == 2
     assert sample(text, "journal_oldest_pending_seconds") == 0.25
     # A worker that read Redis a moment later may report a newer, higher count: it wins.
     text = render_snapshots(

@@ -23,7 +23,7 @@ from walletgate.admin import admin_routes
 from walletgate.config import Config, load_config
 from walletgate.health import health_routes, record_journal_disk, record_journal_status
 from walletgate.heap import freeze_startup_heap
-from walletgate.journal.observer import JournalObserver
+from walletgate.journal.observer import SIDECAR_STATE_FILE, JournalObserver
 from walletgate.journal.records import keymap_key
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger.connect import make_admin_client, make_runner
@@ -77,7 +77,11 @@ def create_app(
     if writer_enabled:
         writer = JournalWriter(admin_client, WriterSettings.from_config(config))
     elif config.journal.enabled and journal_sidecar:
-        writer = JournalObserver(admin_client, WriterSettings.from_config(config))
+        writer = JournalObserver(
+            admin_client,
+            WriterSettings.from_config(config),
+            metrics_dir / SIDECAR_STATE_FILE if metrics_dir is not None else None,
+        )
 
     async def key_to_player(tenant: str, key: str) -> str | None:
         """The journal writer's key-to-player map: a key is there once its record is on disk."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,9 +11,12 @@ import tempfile
 import threading
 from pathlib import Path
 
+import orjson
+
 from walletgate import __version__
 from walletgate.config import Config, ConfigError, load_config
 from walletgate.journal.archive import DEFAULT_COMPRESS_LEVEL
+from walletgate.journal.observer import SIDECAR_STATE_FILE
 
 EXIT_CONFIG_ERROR = 2
 SIDECAR_STOP_TIMEOUT_S = 30.0
@@ -35,8 +39,10 @@ class JournalSidecar:
     """The journal writer as a process of its own beside the Granian workers, restarted when it
     dies, so that journal encoding and fsync never take a worker's GIL from its requests."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, state_path: Path) -> None:
         self.command = [sys.executable, "-m", "walletgate.journal.writer", "--config", config_path]
+        # Where the workers read how often the writer was restarted (see JournalObserver).
+        self.state_path = state_path
         self.process: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         # Held while a process is started or stopped, so that stop() never misses a restart
@@ -45,9 +51,16 @@ class JournalSidecar:
         self.thread = threading.Thread(target=self._supervise, name="journal-sidecar", daemon=True)
 
     def start(self) -> None:
+        self._publish_state(restarts=0)
         with self.lock:
             self.process = subprocess.Popen(self.command)
         self.thread.start()
+
+    def _publish_state(self, restarts: int) -> None:
+        """Write the restart count atomically: a worker never reads half a file."""
+        temporary = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")
+        temporary.write_bytes(orjson.dumps({"restarts": restarts}))
+        os.replace(temporary, self.state_path)
 
     def _supervise(self) -> None:
         failures = 0
@@ -66,6 +79,8 @@ class JournalSidecar:
             )
             if self.stopping.wait(delay_s):
                 return
+            with contextlib.suppress(OSError):
+                self._publish_state(restarts=failures)
             with self.lock:
                 if self.stopping.is_set():
                     return
@@ -110,7 +125,11 @@ def serve(
     os.environ["WALLETGATE_ACCESS_LOG"] = "1" if access_log else "0"
     metrics_dir = tempfile.mkdtemp(prefix="walletgate-metrics-")
     os.environ["WALLETGATE_METRICS_DIR"] = metrics_dir
-    sidecar = JournalSidecar(config_path) if config.journal.enabled else None
+    sidecar = (
+        JournalSidecar(config_path, Path(metrics_dir) / SIDECAR_STATE_FILE)
+        if config.journal.enabled
+        else None
+    )
     if sidecar is not None:
         os.environ["WALLETGATE_JOURNAL_SIDECAR"] = "1"
         sidecar.start()

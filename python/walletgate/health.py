@@ -29,6 +29,8 @@ def record_journal_status(metrics: Metrics, status: Any) -> None:
     metrics.set_gauge("journal_flush_seconds", (), status.last_flush_s)
     for family, count in status.cross_player_all_writers_total.items():
         metrics.counters[("idempotency_cross_player_total", (("family", family),))] = count
+    if status.writer_restarts_total:
+        metrics.counters[("journal_writer_restarts_total", ())] = status.writer_restarts_total
 
 
 def record_journal_disk(metrics: Metrics, directory: Path) -> None:

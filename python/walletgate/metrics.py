@@ -46,12 +46,16 @@ HELP: dict[str, tuple[str, str]] = {
         "gauge",
         "Bytes free to unprivileged users on the journal directory's filesystem.",
     ),
+    "journal_writer_restarts_total": (
+        "counter",
+        "Times walletgate serve restarted its journal writer process after it exited.",
+    ),
     "redis_errors_total": ("counter", "Requests that failed because Redis was unavailable."),
 }
 # Counters that every worker reports whole (the journal's, read from Redis): /metrics takes their
 # maximum over the workers. Every other counter is the worker's own and is summed; gauges take
 # the maximum.
-WHOLE_COUNTERS = frozenset({"idempotency_cross_player_total"})
+WHOLE_COUNTERS = frozenset({"idempotency_cross_player_total", "journal_writer_restarts_total"})
 
 
 class Metrics:

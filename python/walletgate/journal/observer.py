@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from walletgate.journal.writer import (
     JournalStatus,
@@ -23,13 +26,31 @@ from walletgate.journal.writer import (
 
 logger = logging.getLogger("walletgate.journal")
 
+# In the metrics directory: {"restarts": N}, written by `walletgate serve` each time it starts
+# the journal writer process.
+SIDECAR_STATE_FILE = "journal-sidecar.json"
+
+
+def read_sidecar_restarts(path: Path | None) -> int:
+    """How often `walletgate serve` restarted its journal writer; 0 when not known."""
+    if path is None:
+        return 0
+    try:
+        restarts = orjson.loads(path.read_bytes()).get("restarts")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return 0
+    return restarts if isinstance(restarts, int) and restarts >= 0 else 0
+
 
 class JournalObserver:
     """Reads the published shard figures every ``status_interval_ms``; never writes anything."""
 
-    def __init__(self, client: Any, settings: WriterSettings) -> None:
+    def __init__(
+        self, client: Any, settings: WriterSettings, sidecar_state_path: Path | None = None
+    ) -> None:
         self._client = client
         self._settings = settings
+        self._sidecar_state_path = sidecar_state_path
         self._task: asyncio.Task[None] | None = None
         self._status = JournalStatus(
             alive=False,
@@ -74,13 +95,17 @@ class JournalObserver:
         uptime_ms = now_ms - int(self._started_s * 1000)
         figures = await read_journal_figures(self._client, self._shard_count, lease_ms, uptime_ms)
         freshest_ms = figures.freshest_update_ms
-        # The writer is alive when some shard owner reported within a lease; a fresh start has
-        # a lease's grace before that is required.
-        starting = uptime_ms < 2 * lease_ms
+        restarts = read_sidecar_restarts(self._sidecar_state_path)
+        # The writer is alive when some shard owner reported within a lease. A fresh start has
+        # two leases' grace before that is required (the shards of a writer that was killed
+        # are taken only once its leases run out), but not once the writer process had to be
+        # restarted: a worker started meanwhile would call a crash-looping writer alive.
+        starting = uptime_ms < 2 * lease_ms and restarts == 0
         alive = starting or (freshest_ms > 0 and now_ms - freshest_ms < lease_ms)
         self._status = _with(
             self._status,
             alive=alive,
+            writer_restarts_total=restarts,
             pending_records=figures.pending_records,
             oldest_pending_age_s=figures.oldest_pending_age_ms / 1000,
             last_flush_s=figures.last_flush_s,

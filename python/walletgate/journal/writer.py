@@ -194,6 +194,8 @@ class JournalStatus:
     sequence_violations_total: int
     errors_total: int
     last_error: str | None
+    # Times `walletgate serve` restarted the journal writer process (observers only).
+    writer_restarts_total: int = 0
 
 
 # --- The writer ------------------------------------------------------------------------------
