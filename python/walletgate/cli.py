@@ -133,6 +133,14 @@ def serve(
     if sidecar is not None:
         os.environ["WALLETGATE_JOURNAL_SIDECAR"] = "1"
         sidecar.start()
+    else:
+        print(
+            "walletgate: [journal] enabled = false: this gateway runs no journal writer. Every "
+            "money operation still appends its record to the pending streams in Redis, which "
+            "grow until a writer (python -m walletgate.journal.writer --config FILE) drains them.",
+            file=sys.stderr,
+            flush=True,
+        )
     server = Granian(
         target="walletgate.app:app_from_env",
         factory=True,
