@@ -407,27 +407,48 @@ def replay_verify(config: Config) -> int:
     return int(asyncio.run(replay.verify(config)))
 
 
-def test_torn_line_and_unfinished_batch_are_recovered(redis_url: str, tmp_path: Path) -> None:
-    """A writer died after writing part of a batch: the complete lines reached the page cache
-    (their entries are still in Redis) and the last line is torn."""
-    config = journal_config(redis_url, tmp_path / "journal", buckets=1)
-    overrides = {"shards": 1}
+PendingEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def written_then_pending(
+    redis_url: str, config: Config, seeds: tuple[int, int]
+) -> tuple[dict[str, tuple[str, int]], PendingEntries, Path, int]:
+    """One shard: operations written to disk by a writer, then more left pending in Redis.
+    Returns every outcome, the pending entries, the last segment and its last batch number."""
 
     async def scenario() -> dict[str, tuple[str, int]]:
         ledger = ledger_for(config)
-        outcomes = await apply_operations(ledger, plan_operations(30, seed=5), 1)
-        await drain(config, **overrides)
-        outcomes.update(await apply_operations(ledger, plan_operations(30, seed=6), 1))
+        outcomes = await apply_operations(ledger, plan_operations(30, seed=seeds[0]), 1)
+        await drain(config, shards=1)
+        outcomes.update(await apply_operations(ledger, plan_operations(30, seed=seeds[1]), 1))
         await ledger.runner.close()
         return outcomes
 
     outcomes = run(scenario())
-    stream = keys.journal_stream_key(0, False)
     client = redis.Redis.from_url(redis_url)
-    pending: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream)  # type: ignore[assignment]
+    pending: PendingEntries = client.xrange(keys.journal_stream_key(0, False))  # type: ignore[assignment]
+    client.close()
     assert len(pending) == applied_count(outcomes) - len(disk_records(config.journal.dir))
     segment = replay.segment_paths(config.journal.dir)[-1]
     last_batch = orjson.loads(segment.read_bytes().splitlines()[-1])["batch"]
+    return outcomes, pending, segment, last_batch
+
+
+def assert_drained_once(redis_url: str, config: Config, outcomes: dict[str, Any]) -> None:
+    """A writer drains the shard: every applied record is on disk exactly once."""
+    run(drain(config, shards=1))
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen(keys.journal_stream_key(0, False)) == 0
+    client.close()
+    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert replay_verify(config) == 0
+
+
+def test_torn_line_and_unfinished_batch_are_recovered(redis_url: str, tmp_path: Path) -> None:
+    """A writer died after writing part of a batch: the complete lines reached the page cache
+    (their entries are still in Redis) and the last line is torn."""
+    config = journal_config(redis_url, tmp_path / "journal", buckets=1)
+    outcomes, pending, segment, last_batch = written_then_pending(redis_url, config, (5, 6))
     crashed = b"".join(
         orjson.dumps(journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
         for sid, fields in pending[:3]
@@ -435,12 +456,7 @@ def test_torn_line_and_unfinished_batch_are_recovered(redis_url: str, tmp_path: 
     torn = orjson.dumps(journal_record(0, pending[3][0].decode(), pending[3][1], last_batch + 1))
     with open(segment, "ab") as handle:
         handle.write(crashed + torn[: len(torn) // 2])
-    run(drain(config, **overrides))
-    assert client.xlen(stream) == 0
-    client.close()
-    records = disk_records(config.journal.dir)
-    assert_each_record_once(records, applied_count(outcomes))
-    assert replay_verify(config) == 0
+    assert_drained_once(redis_url, config, outcomes)
 
 
 def test_pages_lost_by_a_power_loss_are_moved_aside_and_written_again(
@@ -451,24 +467,9 @@ def test_pages_lost_by_a_power_loss_are_moved_aside_and_written_again(
     JournalCorrupt on that line and the shard never drained. Now the batch's bytes from the hole
     on are moved to a .lost-pages file and its records are written again from Redis."""
     config = journal_config(redis_url, tmp_path / "journal", buckets=1)
-    overrides = {"shards": 1}
-
-    async def scenario() -> dict[str, tuple[str, int]]:
-        ledger = ledger_for(config)
-        outcomes = await apply_operations(ledger, plan_operations(30, seed=15), 1)
-        await drain(config, **overrides)
-        outcomes.update(await apply_operations(ledger, plan_operations(30, seed=16), 1))
-        await ledger.runner.close()
-        return outcomes
-
-    outcomes = run(scenario())
-    stream = keys.journal_stream_key(0, False)
-    client = redis.Redis.from_url(redis_url)
-    pending: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream)  # type: ignore[assignment]
-    assert len(pending) >= 8
-    segment = replay.segment_paths(config.journal.dir)[-1]
+    outcomes, pending, segment, last_batch = written_then_pending(redis_url, config, (15, 16))
+    assert len(pending) >= 6
     synced_size = segment.stat().st_size
-    last_batch = orjson.loads(segment.read_bytes().splitlines()[-1])["batch"]
     lines = [
         orjson.dumps(journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
         for sid, fields in pending[:6]
@@ -480,12 +481,7 @@ def test_pages_lost_by_a_power_loss_are_moved_aside_and_written_again(
         handle.write(lines[0] + lines[1] + hole + lines[4] + lines[5] + lines[5][:30])
     cut_at = synced_size + len(lines[0]) + len(lines[1])
 
-    run(drain(config, **overrides))
-    assert client.xlen(stream) == 0
-    client.close()
-    records = disk_records(config.journal.dir)
-    assert_each_record_once(records, applied_count(outcomes))
-    assert replay_verify(config) == 0
+    assert_drained_once(redis_url, config, outcomes)
     aside = list(segment.parent.glob(segment.name + ".lost-pages-*"))
     assert len(aside) == 1, aside
     assert aside[0].read_bytes() == hole + lines[4] + lines[5] + lines[5][:30]
