@@ -29,7 +29,14 @@ from walletgate.journal import replay, writer
 from walletgate.journal.observer import JournalObserver
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
 from walletgate.journal.scripts import DELETE_ENTRIES_LUA
-from walletgate.journal.segments import JournalLayoutError, ShardFiles, open_segment
+from walletgate.journal.segments import (
+    JournalCorrupt,
+    JournalLayoutError,
+    LostPages,
+    ShardBusy,
+    ShardFiles,
+    open_segment,
+)
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
@@ -489,38 +496,95 @@ def test_pages_lost_by_a_power_loss_are_moved_aside_and_written_again(
     assert segment.read_bytes()[synced_size:cut_at] == lines[0] + lines[1]
 
 
-def test_a_hole_in_an_older_batch_is_not_cut(tmp_path: Path) -> None:
-    """Only the newest batch can have been lost by a power loss: a NUL line followed by lines
-    of an older batch than the last is damage to fsynced data, which recovery leaves alone."""
+def test_a_hole_in_finished_records_is_never_cut(redis_url: str, tmp_path: Path) -> None:
+    """Zeros inside a batch that was fsynced and deleted from Redis are damage to the journal
+    itself: cutting there would take finished records out of it. The writer leaves the segment
+    as it is, moves nothing aside, and reports the shard as corrupt (it stays stalled)."""
+    config = journal_config(redis_url, tmp_path / "journal", buckets=1)
+    segment = written_then_pending(redis_url, config, (25, 26))[2]
+    run(drain(config, shards=1))
+    lines = segment.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 5
+    middle = len(lines) // 2
+    lines[middle] = bytes(len(lines[middle]) - 1) + b"\n"
+    damaged = b"".join(lines)
+    segment.write_bytes(damaged)
+    run(apply_more(config, seed=27))
+
+    async def stalled() -> writer.JournalStatus:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        journal = JournalWriter(client, WriterSettings.from_config(config, shards=1))
+        await journal.start()
+        await wait_until(lambda: journal.status().errors_total > 0, 10, "the writer to refuse")
+        status = journal.status()
+        await journal.stop()
+        await client.aclose()
+        return status
+
+    status = run(stalled())
+    assert "not cut" in (status.last_error or ""), status.last_error
+    assert segment.read_bytes() == damaged
+    assert not list(segment.parent.glob("*.lost-pages-*"))
+
+
+async def apply_more(config: Config, seed: int) -> None:
+    ledger = ledger_for(config)
+    await apply_operations(ledger, plan_operations(10, seed=seed), 1)
+    await ledger.runner.close()
+
+
+def test_only_the_newest_batch_of_the_newest_segment_is_a_cut_candidate(tmp_path: Path) -> None:
     directory = tmp_path / "shard-00"
     directory.mkdir()
 
     def line(batch: int, number: int) -> bytes:
-        return orjson.dumps({"batch": batch, "n": number, "pad": "x" * 50}) + b"\n"
+        record = {"batch": batch, "sid": f"{batch}-{number}", "bucket": 0, "pad": "x" * 50}
+        return orjson.dumps(record) + b"\n"
+
+    def recovered() -> tuple[int, list[str]]:
+        files = ShardFiles(directory, 1 << 20)
+        last_records, last_batch = files.open()
+        files.close()
+        return last_batch, [record["sid"] for record in last_records]
 
     segment = directory / "segment-000000001.jsonl"
+    # A hole among an older batch's lines: damage to fsynced data, left alone.
     older = line(1, 0) + line(1, 1) + bytes(100) + b"\n" + line(1, 2)
     segment.write_bytes(older + line(2, 0) + line(2, 1))
-    files = ShardFiles(directory, 1 << 20)
-    last_records, last_batch = files.open()
-    files.close()
-    assert (last_batch, [record["n"] for record in last_records]) == (2, [0, 1])
+    assert recovered() == (2, ["2-0", "2-1"])
     assert segment.read_bytes() == older + line(2, 0) + line(2, 1)
-    assert not list(directory.glob("*.lost-pages-*"))
 
-    # The same hole in the newest batch, with nothing but zeros after it, is cut.
+    # Zeros after the last newline are a torn tail, cut as before.
     segment.write_bytes(line(2, 0) + line(3, 0) + b"\x00" * 300)
-    files = ShardFiles(directory, 1 << 20)
-    last_records, last_batch = files.open()
-    files.close()
+    assert recovered() == (3, ["3-0"])
     assert segment.read_bytes() == line(2, 0) + line(3, 0)
-    assert (last_batch, [record["n"] for record in last_records]) == (3, [0])
 
-    segment.write_bytes(line(2, 0) + line(3, 0) + b"\x00" * 300 + b"\n" + line(3, 1))
+    # A hole inside the newest batch: a candidate, with the batch's complete lines to check,
+    # and the shard still locked for the writer's decision.
+    content = line(2, 0) + line(3, 0) + b"\x00" * 300 + b"\n" + line(3, 1)
+    segment.write_bytes(content)
     files = ShardFiles(directory, 1 << 20)
-    last_records, last_batch = files.open()
+    with pytest.raises(LostPages) as caught:
+        files.open()
+    lost = caught.value
+    assert lost.offset == len(line(2, 0) + line(3, 0))
+    assert sorted(lost.entries) == [(0, "3-0"), (0, "3-1")]
+    with pytest.raises(ShardBusy):
+        ShardFiles(directory, 1 << 20).open()
+    last_records, last_batch = files.cut_lost_pages(lost)
     files.close()
+    assert (last_batch, [record["sid"] for record in last_records]) == (3, ["3-0"])
     assert segment.read_bytes() == line(2, 0) + line(3, 0)
+    [aside] = directory.glob("*.lost-pages-*")
+    assert aside.read_bytes() == content[lost.offset :]
+
+    # The same hole in a closed segment is not a candidate: the newer segment exists only
+    # because that segment's last batch was finished. It is corrupt, and stays as it is.
+    segment.write_bytes(content)
+    (directory / "segment-000000002.jsonl").write_bytes(b"")
+    with pytest.raises(JournalCorrupt):
+        recovered()
+    assert segment.read_bytes() == content
     assert len(list(directory.glob("*.lost-pages-*"))) == 1
 
 

@@ -49,6 +49,22 @@ class ShardBusy(RuntimeError):
     """Another writer holds the shard's file lock."""
 
 
+class LostPages(Exception):
+    """The newest segment's last batch holds a hole of zeros that a power loss left.
+
+    Raised by :meth:`ShardFiles.open` with the shard still locked. Cutting is safe only if that
+    batch was never finished, that is if the stream entries of its complete lines (``entries``,
+    as ``(bucket, stream id)``) are all still pending in Redis; the writer checks, then calls
+    :meth:`ShardFiles.cut_lost_pages` or :meth:`ShardFiles.close`.
+    """
+
+    def __init__(self, path: Path, offset: int, entries: list[tuple[int, str]]) -> None:
+        super().__init__(f"{path}: a hole of zeros at byte {offset}, in its last batch")
+        self.path = path
+        self.offset = offset
+        self.entries = entries
+
+
 def fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -172,48 +188,51 @@ def lines_backward(descriptor: int, end: int) -> Iterator[tuple[int, bytes]]:
         yield 0, remainder
 
 
-def batch_number(line: bytes) -> int | None:
-    """The ``batch`` of a journal line, or None when the line is not a journal record."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    batch = record.get("batch")
-    return batch if isinstance(batch, int) else None
-
-
-def lost_pages_start(descriptor: int, end: int) -> int | None:
-    """Where the last batch of ``[0, end)`` lost pages to a power loss, or None.
+def find_lost_pages(path: Path, descriptor: int, end: int) -> LostPages | None:
+    """A hole that a power loss may have left in the last batch of ``[0, end)``, or None.
 
     A filesystem may keep a file's new size but not all of the data written before a power
-    loss, and read the pages it lost back as zeros. Only the last batch can be hit: every
-    batch is fsynced before the next one is written. A journal line never holds a NUL byte
-    (JSON escapes control characters), so a line holding one is such a hole, and the answer
-    is the start of the earliest of them, as long as every complete line after it belongs to
-    the same batch as the lines just before it (those of the newest batch on disk). A hole
-    among the lines of an older batch is not a lost write but damage to fsynced data, which
-    this never cuts: the readers report it.
+    loss, and read the pages it lost back as zeros. A journal line never holds a NUL byte (JSON
+    escapes control characters), so a line holding one is such a hole. The candidate cut is the
+    start of the earliest hole among the lines of the newest batch (the batch of the last
+    complete line, or of the lines just before the hole when none follows it); its complete
+    lines are returned for the writer to check against Redis. A hole followed by a line of an
+    older batch is damage to fsynced data, which is never cut: the readers report it.
     """
     newest_batch: int | None = None
     earliest_hole: int | None = None
+    entries: list[tuple[int, str]] = []
     for offset, line in lines_backward(descriptor, end):
         if b"\0" in line:
             earliest_hole = offset
             continue
-        batch = batch_number(line)
-        if batch is None:
+        record = _record_or_none(line)
+        batch = record.get("batch") if record is not None else None
+        if record is None or not isinstance(batch, int):
             # Not a lost page: the caller reports the unreadable line.
             return None
         if newest_batch is None:
             newest_batch = batch
         if batch < newest_batch:
-            # An older, fsynced batch: no hole can be before it.
+            # An older batch, fsynced before the newest was written: no hole is before it.
             break
         if batch > newest_batch:
             return None
-    return earliest_hole
+        bucket, sid = record.get("bucket"), record.get("sid")
+        if not isinstance(bucket, int) or not isinstance(sid, str):
+            return None
+        entries.append((bucket, sid))
+    if earliest_hole is None:
+        return None
+    return LostPages(path, earliest_hole, entries)
+
+
+def _record_or_none(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def complete_end(descriptor: int, size: int) -> int:
@@ -261,7 +280,24 @@ class ShardFiles:
         try:
             fsync_directory(self.directory)
             return self._recover()
+        except LostPages:
+            raise  # still locked: the writer decides (see LostPages)
         except BaseException:
+            self.close()
+            raise
+
+    def cut_lost_pages(self, lost: LostPages) -> tuple[list[dict[str, Any]], int]:
+        """Move the bytes from ``lost.offset`` on aside, then recover the shard's tail again;
+        for the writer, once it has seen that the hole's batch was never finished."""
+        try:
+            descriptor = os.open(lost.path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                self._move_aside(lost.path, descriptor, lost.offset, os.fstat(descriptor).st_size)
+            finally:
+                os.close(descriptor)
+            return self._recover()
+        except BaseException:
+            # A second hole (or any failure) gives the shard up; the next take starts over.
             self.close()
             raise
 
@@ -270,7 +306,11 @@ class ShardFiles:
         last_records: list[dict[str, Any]] = []
         last_batch = 0
         for number in reversed(numbers):
-            records, batch = self._recover_segment(self.directory / segment_name(number))
+            # Only the newest segment can hold an unfinished batch: a segment is closed when
+            # the next batch is written, which happens only after the one before was finished.
+            records, batch = self._recover_segment(
+                self.directory / segment_name(number), newest=number == numbers[-1]
+            )
             if batch is not None:
                 last_records, last_batch = records, batch
                 break
@@ -293,20 +333,19 @@ class ShardFiles:
             self.segment_number = newest_archived
         return last_records, last_batch
 
-    def _recover_segment(self, path: Path) -> tuple[list[dict[str, Any]], int | None]:
-        """Move aside the pages a power loss lost, truncate a torn last line, then read back
-        the lines of the segment's last batch."""
+    def _recover_segment(
+        self, path: Path, *, newest: bool
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Truncate a torn last line, then read back the lines of the segment's last batch.
+        Raises :class:`LostPages` when the newest segment's last batch holds a hole."""
         descriptor = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             size = os.fstat(descriptor).st_size
             end = complete_end(descriptor, size)
-            hole = lost_pages_start(descriptor, end)
-            if hole is not None:
-                # The batch these lines belong to was never fsynced, so none of its stream
-                # entries was deleted: they are all written again from Redis. The bytes are
-                # kept next to the segment for whoever investigates the power loss.
-                self._move_aside(path, descriptor, hole, size)
-                size = end = hole
+            if newest:
+                lost = find_lost_pages(path, descriptor, end)
+                if lost is not None:
+                    raise lost
             if end < size:
                 # The bytes after the last newline are a record cut short by a crash (or zeros
                 # left by a power loss). Its stream entry was never deleted, so it is written

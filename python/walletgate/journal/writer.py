@@ -95,6 +95,7 @@ from walletgate.journal.scripts import (
 from walletgate.journal.segments import (
     JournalCorrupt,
     JournalLayoutError,
+    LostPages,
     ShardBusy,
     ShardFiles,
     check_layout,
@@ -769,12 +770,15 @@ class JournalWriter:
                 settings.directory / shard_directory_name(number), settings.segment_max_bytes
             )
             try:
-                last_records, last_batch = await self._in_file_thread(files.open)
+                try:
+                    last_records, last_batch = await self._in_file_thread(files.open)
+                except LostPages as lost:
+                    last_records, last_batch = await self._cut_lost_pages(files, lost)
             except ShardBusy:
                 # A writer that lost its lease still finishes its batch; try again later.
                 await self._release_lease(number)
                 continue
-            except (OSError, JournalCorrupt) as error:
+            except (OSError, JournalCorrupt, LostPages) as error:
                 self._note_error(f"shard {number}: cannot open: {error!r}")
                 await self._release_lease(number)
                 self._retry_after[number] = time.monotonic() + settings.max_backoff_ms / 1000
@@ -810,6 +814,31 @@ class JournalWriter:
                 number,
                 shard.next_batch,
             )
+
+    async def _cut_lost_pages(
+        self, files: ShardFiles, lost: LostPages
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Cut a hole a power loss left in a shard's last batch, but only once Redis shows that
+        the batch was never finished: every complete line of it still has its stream entry
+        pending, so the whole batch is written again. Otherwise the hole is in records Redis no
+        longer has, and cutting would take them out of the journal: the shard stays stalled
+        (JournalCorrupt, retried later) for an operator to look at."""
+        try:
+            pending = 0
+            for bucket, sid in lost.entries:
+                stream = self._stream_of_bucket.get(bucket)
+                if stream is not None and await self._client.xrange(stream, sid, sid, count=1):
+                    pending += 1
+        except BaseException:
+            await self._in_file_thread(files.close)
+            raise
+        if not lost.entries or pending < len(lost.entries):
+            await self._in_file_thread(files.close)
+            raise JournalCorrupt(
+                f"{lost}; {pending} of its {len(lost.entries)} complete lines are still pending "
+                "in Redis, so it is not cut"
+            )
+        return await self._in_file_thread(files.cut_lost_pages, lost)  # type: ignore[no-any-return]
 
     async def _drop(self, shard: OwnedShard, *, release_lease: bool) -> None:
         self._owned.pop(shard.number, None)
