@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import RedisServer
+from conftest import RedisServer, free_port
 from walletgate.config import RedisConfig
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.cluster_runner import ClusterRunner
@@ -24,7 +24,7 @@ from walletgate.ledger.fastredis import (
     RedisAddress,
     parse_redis_url,
 )
-from walletgate.ledger.scripts import Script
+from walletgate.ledger.scripts import Script, load_script
 
 SETTINGS = LedgerSettings(
     journal_buckets=4, cluster=False, idempotency_ttl_s=604_800, midas_ttl_s=172_800
@@ -478,3 +478,83 @@ def test_make_runner_and_admin_client(redis_url: str) -> None:
         await admin.aclose()
 
     run(scenario)
+
+
+def test_a_primary_demoted_to_a_replica_breaks_the_connection_and_fails_the_probe(
+    fresh_redis: RedisServer, redis_url: str
+) -> None:
+    """A failover that moves the address (DNS, a virtual IP) may leave our socket open on the
+    old primary, now a replica. Its READONLY answers break the connection, so the next call
+    connects again (and reaches whatever the address names now), and the readiness ping, which
+    runs fine on a replica without its shebang, is refused there."""
+    write = make_script("write", "return redis.call('INCR', KEYS[1])")
+    ping = load_script("ping")
+    admin = redis.Redis.from_url(fresh_redis.url)
+    other_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+
+    def connections_received() -> int:
+        return int(admin.info("stats")["total_connections_received"])
+
+    async def scenario() -> None:
+        runner = runner_for(fresh_redis.url)
+        assert await runner.run(write, ["n"], []) == 1
+        assert await runner.run(ping, [], []) == 1
+        admin.replicaof("127.0.0.1", other_port)
+        before = connections_received()
+        with pytest.raises(LedgerUnavailable, match="READONLY"):
+            await runner.run(write, ["n"], [])
+        with pytest.raises(LedgerUnavailable, match="READONLY"):
+            await runner.run(ping, [], [])
+        assert connections_received() == before + 1  # the second call connected again
+        admin.replicaof("no", "one")
+        assert await runner.run(ping, [], []) == 1
+        await runner.close()
+
+    try:
+        run(scenario)
+    finally:
+        admin.replicaof("no", "one")
+        admin.close()
+
+
+def test_a_server_that_accepts_then_refuses_is_retried_with_backoff(tmp_path: Path) -> None:
+    """At maxclients Redis accepts, writes an error and closes. That must count as a failed
+    connect (backoff, "unavailable"), not as an open connection whose unsolicited error is
+    handed to the first caller as its script's reply, reconnecting at once after every close."""
+    server = RedisServer(port=free_port(), directory=tmp_path / "redis")
+    server.start("--maxclients", "1")
+    holder = redis.Redis.from_url(server.url)
+    try:
+        # Take the only client slot, once the start-up probe's connection has gone.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                holder.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "the client slot never came free"
+                time.sleep(0.05)
+
+        def rejected() -> int:
+            return int(holder.info("stats")["rejected_connections"])
+
+        async def scenario() -> None:
+            runner = runner_for(server.url)
+            before = rejected()
+            errors: list[BaseException] = []
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    await runner.run(ECHO, ["k"], ["v", 1])
+                except (LedgerUnavailable, LedgerScriptError) as error:
+                    errors.append(error)
+                await asyncio.sleep(0.001)
+            await runner.close()
+            assert errors and all(isinstance(error, LedgerUnavailable) for error in errors)
+            # Backoff from 50 ms, doubling: a handful of attempts in a second, not hundreds.
+            assert rejected() - before <= 10, rejected() - before
+
+        run(scenario)
+    finally:
+        holder.close()
+        server.stop()

@@ -20,6 +20,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from walletgate.config import RedisConfig
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.fastredis import (
+    REPLICA_ERROR_CODES,
     WAITERS_PER_IN_FLIGHT,
     FastConnection,
     InFlightLimiter,
@@ -131,6 +132,9 @@ class ClusterRunner:
                     connection = self._redirect_target(reply, connection)
                     asking = True
                 else:
+                    if code in REPLICA_ERROR_CODES:
+                        # This node was demoted: the next calls go where the map says now.
+                        self._refresh_soon()
                     raise script_failure(reply)
             raise LedgerUnavailable(f"slot {slot} redirected more than {MAX_REDIRECTS} times")
         finally:

@@ -78,6 +78,11 @@ UNAVAILABLE_ERROR_CODES: Final = frozenset(
     }
 )
 
+# Error codes of a server that is a replica now (a failover that moved the address but kept
+# our connection open): the wire is broken so that the next call connects again, and reaches
+# the new primary when the address (DNS name or virtual IP) follows it.
+REPLICA_ERROR_CODES: Final = frozenset({"READONLY", "MASTERDOWN"})
+
 T = TypeVar("T")
 
 ReplyError: Final = hiredis.ReplyError
@@ -490,6 +495,12 @@ class FastConnection:
             reply = await wire.send(pack_command(("SELECT", address.db)))
             if isinstance(reply, ReplyError):
                 raise LedgerUnavailable(f"Redis SELECT {address.db} failed: {reply}")
+        # One round trip before the connection counts as open: a server that accepts and then
+        # refuses (maxclients, protected mode) or a proxy with no backend fails here, so the
+        # reconnect backoff applies and its error never reaches a caller as a script's reply.
+        reply = await wire.send(pack_command(("PING",)))
+        if isinstance(reply, ReplyError):
+            raise LedgerUnavailable(f"Redis refused the connection: {reply}")
 
     async def command(self, *args: ScriptArg) -> Any:
         """Send one command and return its raw reply (error replies are returned, not raised)."""
@@ -619,6 +630,8 @@ class FastRedisRunner:
                     )
                     if not isinstance(reply, ReplyError):
                         return reply
+                if error_code(reply) in REPLICA_ERROR_CODES:
+                    wire.fail(f"the server is a replica now: {reply}")
                 raise script_failure(reply)
             return reply
         finally:

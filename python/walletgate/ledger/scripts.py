@@ -17,6 +17,7 @@ from importlib import resources
 
 PRELUDE_NAME = "_prelude"
 INCLUDE_MARK = "-- include: "
+SHEBANG_MARK = "#!lua"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,13 @@ def load_script(name: str) -> Script:
         if line.startswith(INCLUDE_MARK)
     ]
     assert all(part.startswith("_") and part != PRELUDE_NAME for part in includes), includes
+    # A shebang line (script flags) must stay the script's first line.
+    shebang = ""
+    if body.startswith(SHEBANG_MARK):
+        shebang, body = body.split("\n", 1)
     parts = [_read(PRELUDE_NAME), *(_read(part) for part in includes), body]
+    if shebang:
+        parts.insert(0, shebang)
     source = "\n".join(parts).encode("utf-8")
     return Script(
         name=name, source=source, sha=hashlib.sha1(source, usedforsecurity=False).hexdigest()
