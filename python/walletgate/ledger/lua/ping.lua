@@ -1,9 +1,9 @@
-#!lua
+#!lua flags=allow-oom
 -- ping: a readiness probe that proves the server answers and runs walletgate's scripts, and
--- that it would take writes. The shebang without flags declares a script that may write, so
+-- that it is a primary. Without the no-writes flag the script declares that it may write, so
 -- Redis refuses it before it runs on a read-only replica (READONLY: a primary demoted by a
--- failover that kept our connection) and over maxmemory (OOM): the money scripts would fail
--- there too, so the gateway is not ready.
+-- failover that kept our connection), where every money script would fail too. allow-oom keeps
+-- a Redis over maxmemory ready: reads still work there, and the operator alerts on memory.
 --
 -- KEYS: none. ARGV: none.
 -- Returns: 1
