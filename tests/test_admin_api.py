@@ -760,3 +760,32 @@ def test_an_unexpected_failure_is_a_503_with_the_error_body(
     assert "admin: post_adjust failed" in caplog.text
     assert "admin: post_session failed" in caplog.text
     assert WALLET_TOKEN not in caplog.text
+
+
+def test_an_order_id_named_like_an_adjustment_is_its_own_record(gw: AsgiGateway) -> None:
+    """ "admin:<ref>" names an adjustment, but a platform's order_id may be the same text: the
+    bet applies (no 'duplicate'), the adjustment applies, and the lookup answers the adjustment
+    first, the bet when no adjustment has that ref."""
+    gw.register(MINIGAME_APP_ID, PLAYER, "usdt", "mg-tok")
+    gw.fund(MINIGAME_APP_ID, PLAYER, "usdt", "50", "x1")
+
+    def bet(order_id: str) -> Any:
+        fields = {
+            "app_id": MINIGAME_APP_ID,
+            "uname": PLAYER,
+            "money": "-1",
+            "bet": "1",
+            "type": 1,
+            "order_id": order_id,
+            "session_id": "round-1",
+            "timestamp": 1,
+        }
+        return gw.signed(MINIGAME_PATHS[2], fields, MINIGAME_KEY).json()
+
+    assert bet("admin:x1")["code"] == 1
+    assert bet("admin:only")["code"] == 1
+    status, outcome = transaction(gw, MINIGAME_APP_ID, "admin:x1", PLAYER)
+    assert status == 200 and outcome["protocol"] == "admin" and outcome["delta"] == "50"
+    status, outcome = transaction(gw, MINIGAME_APP_ID, "admin:only", PLAYER)
+    assert status == 200 and outcome["protocol"] == "minigame" and outcome["delta"] == "-1"
+    assert account(gw, MINIGAME_APP_ID, PLAYER, "usdt")[1]["balance"] == "48"

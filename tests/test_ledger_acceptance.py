@@ -58,7 +58,7 @@ from acceptance_helpers import (
     wv_win,
 )
 from walletgate import _native
-from walletgate.ledger import midas, minigame, transfer
+from walletgate.ledger import keys, midas, minigame, transfer
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.core import Ledger
 from walletgate.ledger.sessions import register_session, touch_player
@@ -1117,20 +1117,20 @@ def test_retention_of_records_and_tombstones(backend: Backend) -> None:
 
     run(backend, scenario)
     expected = {
-        txk(MG_T, "ret", "admin:fund-mg"): TTL_S,
+        keys.admin_record_key(MG_T, "ret", "fund-mg"): TTL_S,
         txk(MG_T, "ret", "m-bet"): TTL_S,
         txk(MG_T, "ret", "m-low"): TTL_S,
         txk(MG_T, "ret", "m-cancel"): TTL_S,
         txk(MG_T, "ret", "m-ghost"): TTL_S,  # the tombstone
         txk(TR_T, "ret", "t-in"): TTL_S,
         txk(TR_T, "ret", "t-low"): TTL_S,
-        txk(WV_T, "ret", "admin:fund-wv"): TTL_S,
+        keys.admin_record_key(WV_T, "ret", "fund-wv"): TTL_S,
         txk(WV_T, "ret", "USD:1"): TTL_S,
         txk(WV_T, "ret", "USD:2"): TTL_S,
         txk(WV_T, "ret", "USD:3"): TTL_S,
         txk(WV_T, "ret", "USD:9:cancel"): TTL_S,
         txk(WV_T, "ret", "USD:9"): TTL_S,  # the tombstone
-        txk(MD_APP, "ret", "admin:fund-md"): TTL_S,
+        keys.admin_record_key(MD_APP, "ret", "fund-md"): TTL_S,
         txk(MD_APP, "ret", "M-PAY"): MIDAS_TTL_S,
         txk(MD_APP, "ret", "M-GIFT"): MIDAS_TTL_S,
         txk(MD_APP, "ret", "M-LOW"): MIDAS_TTL_S,

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis
 
 from ledger_helpers import make_ledger
+from walletgate.ledger import core, keys, transfer
 from walletgate.ledger.admin import adjust
 
 
@@ -102,3 +104,63 @@ def test_adjust_overflow_is_rejected_not_wrapped(redis_url: str) -> None:
         await ledger.runner.close()
 
     run(scenario())
+
+
+def test_adjustments_and_protocol_keys_named_admin_never_collide(redis_url: str) -> None:
+    """A transfer tx_id (or an order_id) may be "admin:<ref>", the transaction key of an
+    adjustment: neither may answer for the other or block it. Adjustments stored before they
+    had keys of their own (under tx:admin:<ref>) still replay."""
+
+    async def credit(ref: str, amount_units: int = 50_000) -> str:
+        result = await adjust(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=amount_units,
+            ref=ref,
+            kind="adjust",
+        )
+        return result.outcome
+
+    async def move(tx_id: str) -> tuple[str, int]:
+        result = await transfer.transfer(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=-5_000,
+            tx_id=tx_id,
+            refs={"tx_id": tx_id},
+            pending_ttl_s=30,
+        )
+        return result.outcome, result.code
+
+    async def scenario() -> None:
+        nonlocal ledger
+        ledger = make_ledger(redis_url)
+        assert await credit("r1") == "applied"
+        assert await move("admin:r1") == ("applied", 0)
+        assert await move("admin:r2") == ("applied", 0)
+        assert await credit("r2") == "applied"
+        assert await credit("r2") == "replay"
+        # An adjustment kept the old way, with the fingerprint adjust() computes.
+        fingerprint = core.fingerprint("p1", "usd", "70000", "adjust")
+        client.hset(
+            keys.transaction_key("t1", "p1", "admin:r3"),
+            mapping={"fp": fingerprint, "bal": "7", "seq": "1", "protocol": "admin"},
+        )
+        assert await credit("r3", 70_000) == "replay"
+        assert await credit("r3", 1) == "conflict"
+        await ledger.runner.close()
+
+    ledger: Any = None
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run(scenario())
+        # 50k + 50k - 5k - 5k: both transfers and both new adjustments applied once.
+        assert client.hget(keys.account_key("t1", "p1"), "bal:usd") == "90000"
+        assert client.hget(keys.admin_record_key("t1", "p1", "r2"), "protocol") == "admin"
+        assert client.hget(keys.transaction_key("t1", "p1", "admin:r2"), "protocol") != "admin"
+    finally:
+        client.close()

@@ -255,7 +255,18 @@ def admin_routes(
             if player is None or not keys.valid_identifier(player):
                 return error(404, "unknown_transaction", "no such transaction")
             record_key = keys.transaction_key(tenant, player, key)
-            raw = await admin_client.hgetall(record_key)
+            raw = {}
+            if key.startswith(ADMIN_KEY_PREFIX):
+                # An adjustment first; then tx:, which holds adjustments made before they had
+                # keys of their own, or a protocol request whose key happens to be admin:….
+                admin_key = keys.admin_record_key(
+                    tenant, player, key.removeprefix(ADMIN_KEY_PREFIX)
+                )
+                raw = await admin_client.hgetall(admin_key)
+                if raw:
+                    record_key = admin_key
+            if not raw:
+                raw = await admin_client.hgetall(record_key)
             ttl_s = await admin_client.ttl(record_key)
         except Exception:  # redis-py raises several unrelated classes when Redis is down.
             logger.warning("admin transaction read failed", exc_info=True)

@@ -41,7 +41,11 @@ async def adjust(
         fingerprint=fingerprint(player, currency, str(amount_units), kind),
         refs={"ref": ref},
         retention_s=ledger.settings.idempotency_ttl_s,
-        extra_keys=[keys.transaction_key(tenant, player, key)],
+        extra_keys=[
+            keys.admin_record_key(tenant, player, ref),
+            # Where adjustments were kept before they had keys of their own; read only.
+            keys.transaction_key(tenant, player, key),
+        ],
         extra_args=[str(amount_units), kind],
     )
     outcome = as_str(reply[0])

@@ -43,6 +43,13 @@ def transaction_key(tenant: str, player: str, key: str) -> str:
     return player_prefix(tenant, player) + "tx:" + key
 
 
+def admin_record_key(tenant: str, player: str, ref: str) -> str:
+    """An admin adjustment's stored outcome. Its transaction key is ``admin:<ref>``, but it is
+    kept apart from ``tx:`` because a protocol key (a transfer ``tx_id``, an ``order_id``) may
+    itself be ``admin:<ref>``: neither may answer for, or block, the other."""
+    return player_prefix(tenant, player) + "adm:" + ref
+
+
 def round_key(tenant: str, player: str, round_id: str) -> str:
     return player_prefix(tenant, player) + "round:" + round_id
 

@@ -1,6 +1,10 @@
 -- admin_adjust: credit or debit an account from the admin API, idempotent on (tenant, ref).
 --
--- KEYS[1] account hash, KEYS[2] journal stream (prelude), KEYS[3] wg:{T:P}:tx:admin:<ref>
+-- KEYS[1] account hash, KEYS[2] journal stream (prelude)
+-- KEYS[3] wg:{T:P}:adm:<ref>        the adjustment's stored outcome
+-- KEYS[4] wg:{T:P}:tx:admin:<ref>   read only: where adjustments were kept before they had keys of
+--                                   their own. It counts only if its protocol is "admin": a
+--                                   transfer tx_id or an order_id may be "admin:<ref>" too.
 -- ARGV[1..8] prelude common arguments (key = "admin:<ref>")
 -- ARGV[9]  amount_units: signed decimal integer string, non-zero
 -- ARGV[10] kind: "adjust" or "save" (save: Midas only, amount > 0; raises save_amt, save_sum,
@@ -17,6 +21,10 @@ local kind = ARGV[10]
 local tx_key = KEYS[3]
 
 local stored = redis.call('HMGET', tx_key, 'fp', 'bal', 'seq')
+if not stored[1] then
+  local legacy = redis.call('HMGET', KEYS[4], 'fp', 'bal', 'seq', 'protocol')
+  if legacy[4] == 'admin' then stored = legacy end
+end
 if stored[1] then
   if stored[1] ~= ARGV[6] then
     return {'conflict', '0', '0'}
