@@ -72,6 +72,9 @@ class JournalSidecar:
                 return
             delay_s = SIDECAR_RESTART_BACKOFF_S[min(failures, len(SIDECAR_RESTART_BACKOFF_S) - 1)]
             failures += 1
+            # Published at once, so that a worker starting during the backoff already knows.
+            with contextlib.suppress(OSError):
+                self._publish_state(restarts=failures)
             print(
                 f"walletgate: journal writer exited ({code}); restarting in {delay_s} s",
                 file=sys.stderr,
@@ -79,8 +82,6 @@ class JournalSidecar:
             )
             if self.stopping.wait(delay_s):
                 return
-            with contextlib.suppress(OSError):
-                self._publish_state(restarts=failures)
             with self.lock:
                 if self.stopping.is_set():
                     return

@@ -48,7 +48,7 @@ HELP: dict[str, tuple[str, str]] = {
     ),
     "journal_writer_restarts_total": (
         "counter",
-        "Times walletgate serve restarted its journal writer process after it exited.",
+        "Times the journal writer process of walletgate serve exited and was restarted.",
     ),
     "redis_errors_total": ("counter", "Requests that failed because Redis was unavailable."),
 }

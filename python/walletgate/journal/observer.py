@@ -26,8 +26,8 @@ from walletgate.journal.writer import (
 
 logger = logging.getLogger("walletgate.journal")
 
-# In the metrics directory: {"restarts": N}, written by `walletgate serve` each time it starts
-# the journal writer process.
+# In the metrics directory: {"restarts": N}, written by `walletgate serve` when it starts the
+# journal writer process (0) and each time that process exits (it is then restarted).
 SIDECAR_STATE_FILE = "journal-sidecar.json"
 
 
