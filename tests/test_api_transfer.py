@@ -437,6 +437,19 @@ def test_transfer_missing_field(tmp_path: Path, redis_url: str, missing: str) ->
     run(tmp_path, redis_url, scenario)
 
 
+def test_transfer_fields_are_checked_in_the_table_order(tmp_path: Path, redis_url: str) -> None:
+    """The spec's transfer table lists appid, token, then timestamp: a missing token is the
+    first error (10009) even when the timestamp has the wrong type (10023)."""
+
+    async def scenario(gw: Gateway) -> None:
+        body = {"appid": APPID, "timestamp": "x", "currency": "usdt", "amount": "1", "tx_id": "o"}
+        assert await gw.raw(TRANSFER, orjson.dumps(body)) == error(10009, "illegal parameter")
+        body["token"] = 5
+        assert await gw.raw(TRANSFER, orjson.dumps(body)) == error(10023, proto.MESSAGES[10023])
+
+    run(tmp_path, redis_url, scenario)
+
+
 def test_amount_as_string_or_number_seed_row_6(tmp_path: Path, redis_url: str) -> None:
     async def scenario(gw: Gateway) -> None:
         token = await gw.authorize("u1")

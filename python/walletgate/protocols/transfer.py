@@ -291,8 +291,9 @@ class _TransferApi:
         )
 
     async def _transfer(self, merchant: TransferMerchant, body: Body, refs: Refs) -> dict[str, Any]:
-        self._timestamp(body)
+        # The spec's table lists token before timestamp here (not in status or getPlayerWallet).
         token = _string(body, "token")
+        self._timestamp(body)
         requested_currency = _string(body, "currency")
         amount_units = _amount(body)
         tx_id = _tx_id(body)
