@@ -411,6 +411,12 @@ CANCEL = {"code": CODE, "id": 3, "type": "cancel"}
         ({k: v for k, v in BET.items() if k != "bet"}, "bet"),
         ({k: v for k, v in BET.items() if k != "game"}, "game"),
         ({**BET, "game": "g"}, "game"),
+        # Only id and round_id may be digit strings: amounts and game are JSON integers.
+        ({**BET, "bet": "500"}, "bet"),
+        ({**BET, "game": "1012"}, "game"),
+        ({**BET, "game": 2**63}, "game"),
+        ({**BET, "game": True}, "game"),
+        ({**WIN, "win": "100"}, "win"),
         ({**WIN, "win": None}, "win"),
         ({**WIN, "win": False}, "win"),
         ({**CANCEL, "id": "abc"}, "id"),

@@ -24,6 +24,7 @@ from walletgate.metrics import Metrics
 
 LOG_SCOPE_KEY = "wg.log"
 JSON_MEDIA_TYPE = "application/json"
+INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 

@@ -26,6 +26,7 @@ from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import SessionInfo
 from walletgate.protocols.common import (
     INT64_MAX,
+    INT64_MIN,
     BodyTooLarge,
     GatewayContext,
     empty_response,
@@ -133,9 +134,13 @@ def _uint_field(body: dict[str, Any], name: str, *, required: bool) -> int | Non
 
 
 def _cents_field(body: dict[str, Any], name: str) -> int:
-    """A required amount in integer cents >= 0, returned in units."""
-    cents = parse_uint(body.get(name), INT64_MAX)
-    if cents is None:
+    """A required amount in integer cents >= 0, returned in units.
+
+    The spec types amounts as JSON integers: unlike ``id`` and ``round_id``, a digit string is
+    malformed, so a platform that quotes its amounts finds out on its first call.
+    """
+    cents = body.get(name)
+    if not is_int(cents) or not 0 <= cents <= INT64_MAX:
         raise _BadField(name)
     try:
         return _native.cents_to_units(cents)
@@ -144,14 +149,12 @@ def _cents_field(body: dict[str, Any], name: str) -> int:
 
 
 def _game_field(body: dict[str, Any]) -> int:
+    """The game id, a JSON integer; it is only logged, so it is bounded to what logs can hold."""
     value = body.get("game")
-    if is_int(value):
-        assert isinstance(value, int)
-        return value
-    parsed = parse_uint(value)
-    if parsed is None:
+    if not is_int(value) or not INT64_MIN <= value <= INT64_MAX:
         raise _BadField("game")
-    return parsed
+    assert isinstance(value, int)
+    return value
 
 
 def _valid_code(value: Any) -> bool:
