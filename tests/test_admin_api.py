@@ -416,6 +416,21 @@ def test_get_account_midas_fields_follow_save_present_pay_and_cancelpay(gw: Asgi
     assert (sandbox["balance"], sandbox["first_save"]) == ("0", 1), sandbox  # untouched
 
 
+def test_get_account_midas_balance_past_int64_is_exact(gw: AsgiGateway) -> None:
+    """Paid and gifted parts each fit int64, their sum need not: the account still reads."""
+    top_coins = (2**63 - 1) // 10_000
+    body = {"tenant": MIDAS_APPID, "player": OPENID, "currency": "1", "token": "h1"}
+    assert session(gw, {**body, "session_key": SESSION_KEY})[0] == 201
+    save = {"amount": str(top_coins), "ref": "s1", "kind": "save"}
+    assert adjust(gw, MIDAS_APPID, OPENID, "1", save)[0] == 200
+    assert midas_call(gw, MIDAS_PATHS[3], bill_no="P1", present_counts=top_coins)["errcode"] == 0
+    status, payload = account(gw, MIDAS_APPID, OPENID, "1")
+    assert status == 200, payload
+    assert (payload["paid"], payload["gen_balance"]) == (top_coins, top_coins)
+    assert payload["balance"] == str(2 * top_coins)
+    assert midas_call(gw, MIDAS_PATHS[0])["balance"] == 2 * top_coins
+
+
 def test_get_account_404s(gw: AsgiGateway) -> None:
     assert adjust(gw, MINIGAME_APP_ID, PLAYER, "usdt", {"amount": "1", "ref": "g1"})[0] == 200
     for tenant, player, currency, code in (

@@ -20,12 +20,15 @@ from walletgate.ledger.core import as_str
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import register_session
 from walletgate.protocols.common import (
+    INT64_MAX,
+    INT64_MIN,
     BodyTooLarge,
     GatewayContext,
     json_response,
     parse_object,
     read_body,
 )
+from walletgate.protocols.midas import UNITS_PER_COIN
 
 logger = logging.getLogger("walletgate")
 DEFAULT_SESSION_TTL_S = 604_800
@@ -33,6 +36,16 @@ MAX_SESSION_TTL_S = 10 * 365 * 86_400
 MAX_REF_CHARS = 128
 ADMIN_KEY_PREFIX = "admin:"
 MIDAS_EXTRA_FIELDS = ("save_amt", "save_sum", "cost_sum", "present_sum")
+
+
+def _format_sum_units(units: int) -> str:
+    """``format_units`` for a sum of two int64 parts (Midas paid plus gifted), which may leave
+    int64 when both parts are near the top: the native formatter would refuse it."""
+    if INT64_MIN <= units <= INT64_MAX:
+        return _native.format_units(units)
+    whole, fraction = divmod(abs(units), UNITS_PER_COIN)
+    text = f"{whole}.{fraction:04d}".rstrip("0").rstrip(".")
+    return f"-{text}" if units < 0 else text
 Renderer = Callable[[dict[str, str]], Any]
 
 
@@ -186,7 +199,7 @@ def admin_routes(
         if info.family == "midas":
             payload["paid"] = _native.units_to_coins(units[0])
             payload["gen_balance"] = _native.units_to_coins(units[2])
-            payload["balance"] = _native.format_units(units[0] + units[2])
+            payload["balance"] = _format_sum_units(units[0] + units[2])
             payload["first_save"] = units[3] or 1
             for index, name in enumerate(MIDAS_EXTRA_FIELDS):
                 payload[name] = _native.units_to_coins(units[4 + index])
