@@ -46,6 +46,8 @@ def _format_sum_units(units: int) -> str:
     whole, fraction = divmod(abs(units), UNITS_PER_COIN)
     text = f"{whole}.{fraction:04d}".rstrip("0").rstrip(".")
     return f"-{text}" if units < 0 else text
+
+
 Renderer = Callable[[dict[str, str]], Any]
 
 

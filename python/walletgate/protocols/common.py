@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from starlette.requests import Request
@@ -167,7 +167,7 @@ def note(request: Request, family: str, endpoint: str, result: object, **refs: o
     }
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """A JSON integer (``bool`` is a distinct JSON type and does not count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -153,7 +153,6 @@ def _game_field(body: dict[str, Any]) -> int:
     value = body.get("game")
     if not is_int(value) or not INT64_MIN <= value <= INT64_MAX:
         raise _BadField("game")
-    assert isinstance(value, int)
     return value
 
 
