@@ -28,7 +28,7 @@ from walletgate.health import record_journal_status
 from walletgate.journal import replay, writer
 from walletgate.journal.observer import JournalObserver
 from walletgate.journal.records import MalformedEntry, journal_record, keymap_key, parse_ts
-from walletgate.journal.scripts import DELETE_ENTRIES_LUA
+from walletgate.journal.scripts import DELETE_ENTRIES_LUA, MAP_KEYS_LUA
 from walletgate.journal.segments import (
     JournalCorrupt,
     JournalLayoutError,
@@ -315,6 +315,65 @@ def test_records_leave_redis_only_after_fsync(
     outcomes, deleted = run(scenario())
     assert deleted == applied_count(outcomes)
     assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+
+
+class CallSizeAuditingClient:
+    """Wraps a redis.asyncio client; records the work each key-map and delete call carries, and
+    how many script calls were in flight at once."""
+
+    def __init__(self, inner: redis.asyncio.Redis) -> None:
+        self._inner = inner
+        self.map_items: list[int] = []
+        self.delete_ids: list[int] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        if script == MAP_KEYS_LUA:
+            self.map_items.append(len(orjson.loads(args[0])))
+        elif script == DELETE_ENTRIES_LUA:
+            self.delete_ids.append(sum(len(ids) for _, ids in orjson.loads(args[0])))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._inner.eval(script, numkeys, *args)
+        finally:
+            self.in_flight -= 1
+
+
+def test_a_large_cycle_sends_bounded_script_calls_one_at_a_time(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis runs one script at a time and the gateway's bets wait behind it: the writer's
+    key-map and delete calls each carry a bounded amount of work, one call after the other."""
+    config = journal_config(redis_url, tmp_path / "journal", batch_records=5000)
+    operations = plan_operations(1200, seed=9, players=40)
+
+    async def scenario() -> tuple[dict[str, tuple[str, int]], CallSizeAuditingClient]:
+        ledger = ledger_for(config)
+        # Everything is pending before the writer starts, so one cycle takes it all.
+        outcomes = await apply_operations(ledger, operations)
+        await ledger.runner.close()
+        client = CallSizeAuditingClient(redis.asyncio.Redis.from_url(redis_url))
+        journal = JournalWriter(client, WriterSettings.from_config(config))
+        await journal.start()
+        await wait_until(lambda: pending_count(redis_url) == 0, 30, "the writer to drain")
+        await journal.stop()
+        await client.aclose()
+        return outcomes, client
+
+    outcomes, client = run(scenario())
+    applied = applied_count(outcomes)
+    assert applied > 2 * writer.DELETE_IDS_PER_CALL, applied
+    assert sum(client.delete_ids) == applied
+    assert 0 < max(client.map_items) <= writer.MAP_KEYS_PER_CALL, client.map_items
+    assert 0 < max(client.delete_ids) <= writer.DELETE_IDS_PER_CALL, client.delete_ids
+    assert len(client.delete_ids) >= applied // writer.DELETE_IDS_PER_CALL
+    assert client.most_in_flight == 1
+    assert_each_record_once(disk_records(config.journal.dir), applied)
 
 
 def test_flush_interval_is_respected(redis_url: str, tmp_path: Path) -> None:

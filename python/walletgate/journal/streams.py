@@ -9,7 +9,7 @@ number of streams or records. It also reads the times and order of stream entry 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,16 +223,51 @@ class StreamReader:
 MAX_ITEMS_PER_SCRIPT = 1000
 
 
+def _weigh_one(item: tuple[Any, ...]) -> int:
+    return 1
+
+
+def _chunks(
+    items: list[Any], max_weight: int, weigh: Callable[[tuple[Any, ...]], int]
+) -> list[list[Any]]:
+    """Consecutive runs of items whose weights add up to at most ``max_weight`` (an item heavier
+    than that alone makes a run of its own)."""
+    chunks: list[list[Any]] = []
+    current: list[Any] = []
+    current_weight = 0
+    for item in items:
+        weight = weigh(item)
+        assert weight >= 0, "an item weighs nothing or more"
+        if current and current_weight + weight > max_weight:
+            chunks.append(current)
+            current, current_weight = [], 0
+        current.append(item)
+        current_weight += weight
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 async def run_per_node(
-    client: RedisClient, script: str, items: Sequence[tuple[Any, ...]], *, ordered: bool = False
+    client: RedisClient,
+    script: str,
+    items: Sequence[tuple[Any, ...]],
+    *,
+    ordered: bool = False,
+    max_weight_per_call: int = MAX_ITEMS_PER_SCRIPT,
+    weigh: Callable[[tuple[Any, ...]], int] = _weigh_one,
 ) -> list[tuple[list[Any], Any]]:
-    """Run ``script`` once per node (and per ``MAX_ITEMS_PER_SCRIPT`` items) with the JSON list
-    of the items whose key (the first element) that node serves; returns (items, reply) pairs.
+    """Run ``script`` once per node (and per chunk of items weighing ``max_weight_per_call`` in
+    all, one per item unless ``weigh`` says otherwise) with the JSON list of the items whose key
+    (the first element) that node serves; returns (items, reply) pairs.
 
     One script call replaces a command per record, which redis-py would spend far more CPU
     packing and parsing than Redis spends running them. Nodes run concurrently, and so do the
-    chunks of one node unless ``ordered``, which runs them one after the other in item order.
+    chunks of one node unless ``ordered``, which runs them one after the other in item order:
+    then Redis serves other clients between two chunks, so a small ``max_weight_per_call``
+    bounds how long they wait behind this script.
     """
+    assert max_weight_per_call >= 1, "a call carries at least one item"
     by_node: dict[str, tuple[Any, list[Any]]] = {}
     if isinstance(client, RedisCluster):
         await client.initialize()
@@ -244,14 +279,7 @@ async def run_per_node(
     elif items:
         by_node[""] = (None, list(items))
     chunks_of_node = [
-        (
-            node,
-            [
-                grouped[start : start + MAX_ITEMS_PER_SCRIPT]
-                for start in range(0, len(grouped), MAX_ITEMS_PER_SCRIPT)
-            ],
-        )
-        for node, grouped in by_node.values()
+        (node, _chunks(grouped, max_weight_per_call, weigh)) for node, grouped in by_node.values()
     ]
 
     async def call(node: Any, chunk: list[Any]) -> tuple[list[Any], Any]:
