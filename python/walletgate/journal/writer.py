@@ -37,8 +37,9 @@ Redis 7. A cycle reads all of a
 writer's shards at once and writes, maps and deletes their batches together, so its round trips
 (and trips to the file thread) do not grow with the number of shards. Its key-map and delete
 calls carry a bounded amount of work each (``MAP_KEYS_PER_CALL``, ``DELETE_IDS_PER_CALL``) and
-go one after the other, so the gateway's money scripts never wait behind a long one. Records are encoded by the
-native core (``rust/journal.rs``), which leaves odd and malformed entries to the Python path.
+go one after the other, so the gateway's money scripts never wait behind a long one. Records
+are encoded by the native core (``rust/journal.rs``), which leaves odd and malformed entries to
+the Python path.
 
 Modules. This module runs the writer: its settings and status, the leases and the cycle. What a
 record looks like is :mod:`walletgate.journal.records`, the files on disk are
