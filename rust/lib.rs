@@ -141,6 +141,12 @@ mod py {
         }
 
         fn integer(&mut self, literal: &str) -> PyResult<Self::Value> {
+            // The spec's integer grammar is `0|[1-9][0-9]*` with an optional sign only on
+            // decimals: `-0` is a decimal zero, and an integer-only field must refuse it, which
+            // it could not once it were the int 0.
+            if literal == "-0" {
+                return self.decimal(literal);
+            }
             // `-?` plus 18 digits always fits in i64.
             if literal.len() <= 18 || (literal.len() == 19 && literal.starts_with('-')) {
                 return Ok(small_int(literal).into_pyobject(self.py)?.into_any());

@@ -442,6 +442,11 @@ def test_bad_request_decimal_number_and_body_too_large(tmp_path: Path, redis_url
         assert (await call(client, raw))["err_desc"] == "bad request: bet"
         raw = b'{"bet":1,"code":"sess_code_1","game":1,"id":3.0,"type":"bet"}'
         assert (await call(client, raw))["err_desc"] == "bad request: id"
+        # Integers are `0|[1-9][0-9]*`: a minus zero is not one.
+        raw = b'{"bet":-0,"code":"sess_code_1","game":1,"id":3,"type":"bet"}'
+        assert (await call(client, raw))["err_desc"] == "bad request: bet"
+        raw = b'{"bet":1,"code":"sess_code_1","game":1,"id":-0,"type":"bet"}'
+        assert (await call(client, raw))["err_desc"] == "bad request: id"
         huge = orjson.dumps({**BET, "pad": "x" * 70_000})
         assert strip_time(await call(client, huge)) == err("BAD_REQUEST", "bad request: body")
 

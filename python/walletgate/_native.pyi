@@ -57,7 +57,8 @@ def parse_json(body: bytes, max_depth: int = 32) -> Any:
 
     Objects become ``dict``, arrays ``list``, strings ``str``, integers ``int`` (exact, any
     length), ``true``/``false``/``null`` the Python singletons, and other numbers
-    :class:`JsonDecimal` (never ``float``). Raises ``ValueError`` on invalid JSON, invalid
+    :class:`JsonDecimal` (never ``float``), ``-0`` included: the spec's integers have no sign
+    on zero. Raises ``ValueError`` on invalid JSON, invalid
     UTF-8 (a BOM included), a duplicate key in any object, trailing data, or nesting deeper
     than ``max_depth`` containers (``0`` allows only a scalar; at most 10000). ``\\u`` escapes
     are decoded and surrogate pairs joined; a lone surrogate is rejected (as in I-JSON), as are
