@@ -271,6 +271,43 @@ def test_cancel_of_unknown_bet_tombstones_then_bet_is_rejected(redis_url: str) -
     assert kinds == ["adjust", "tombstone", "reject", "cancel", "tombstone", "cancel"]
 
 
+def test_a_tombstone_stays_one_after_the_first_request_that_hits_it(redis_url: str) -> None:
+    """Every request on a tombstoned order_id gets 10010, whatever hit it first, and a cancel
+    sent again later still finds a tombstone (code 1, nothing to refund)."""
+
+    async def scenario(ledger: Ledger) -> None:
+        await fund(ledger, 100_000)
+        for cancel_id, bet_id in (("c1", "b1"), ("c2", "b2")):
+            tombstone = await change(ledger, cancel_id, 2, 30_000, cancel=bet_id)
+            assert tombstone.effect == "tombstone"
+        # b1: first hit by a bet, then by a bet of another amount and by a payout.
+        first = await change(ledger, "b1", 1, -30_000, bet=30_000)
+        assert (first.status, first.code) == ("rejected", 10010)
+        other = await change(ledger, "b1", 1, -40_000, bet=40_000)
+        assert (other.status, other.code, other.msg) == ("rejected", 10010, "order cancelled")
+        payout = await change(ledger, "b1", 3, 5_000, session_id="r1")
+        assert (payout.status, payout.code) == ("rejected", 10010)
+        # b2: first hit by a payout, then the platform sends the cancel again with a new id.
+        payout = await change(ledger, "b2", 3, 5_000, session_id="r2")
+        assert (payout.status, payout.code) == ("rejected", 10010)
+        again = await change(ledger, "c3", 2, 30_000, cancel="b2")
+        assert (again.status, again.code, again.effect) == ("applied", 1, "noop")
+        late = await change(ledger, "b2", 1, -30_000, bet=30_000)
+        assert (late.status, late.code) == ("rejected", 10010)
+        retry = await change(ledger, "b2", 1, -30_000, bet=30_000)
+        assert (retry.status, retry.code) == ("replay", 10010)
+
+    run(scenario, redis_url)
+    assert balance(redis_url) == 100_000
+    for bet_id, cancel_id in (("b1", "c1"), ("b2", "c2")):
+        record = tx(redis_url, bet_id)
+        assert (record["op"], record["cancelled_by"], record["code"]) == (
+            "tombstone",
+            cancel_id,
+            "10010",
+        )
+
+
 def test_cancel_of_settled_bet_is_rejected_and_stored(redis_url: str) -> None:
     async def scenario(ledger: Ledger) -> None:
         await fund(ledger, 100_000)

@@ -26,7 +26,8 @@
 --
 -- The tx record carries fp, state (applied|rejected|tombstone), code, msg, op (bet|fee|win|cancel|
 -- tombstone), type, protocol, player, currency, delta, bal, seq, created_us, round, and as they
--- happen cancel_of, effect, cancelled_by, awarded_by, settled_by. A round hash carries
+-- happen cancel_of, effect, cancelled_by, awarded_by, settled_by, and tombstoned ("1": the
+-- stored rejection of a request on a tombstone, which still counts as one). A round hash carries
 -- "bet:<order_id>" per bet or fee placed in it and "closed" = the order_id that closed it.
 --
 -- This runs for every MINI.GAME bet and win, so the common paths are written for Redis-side cost
@@ -174,13 +175,26 @@ local function reject(code, msg)
   return {'rejected', code, balance, msg}
 end
 
+-- A request on a tombstoned order_id is refused for good. Its rejection is stored (a retry
+-- replays it), but the record stays a tombstone for everything else: it keeps op "tombstone"
+-- and its cancelled_by, and "tombstoned" marks it, so another request on the key gets 10010
+-- too (not 10005), and a cancel naming it finds a tombstone (code 1, nothing to refund).
+local function reject_on_tombstone()
+  local balance, seq = mg_move(currency, '0')
+  op = 'tombstone'
+  store_own('rejected', '10010', 'order cancelled', currency, '0', balance, seq,
+    {'tombstoned', '1'})
+  wg_journal(currency, seq, 'reject', '0', balance, '10010')
+  return {'rejected', '10010', balance, 'order cancelled'}
+end
+
 -- Idempotency: a stored record answers (or a tombstone rejects) before anything else. Every
 -- stored record has a state; the rest of it is read only when there is one.
 if redis.call('HGET', tx_key, 'state') then
   local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'msg', 'type',
-    'currency')
-  if stored[2] == 'tombstone' then
-    return reject('10010', 'order cancelled')
+    'currency', 'tombstoned')
+  if stored[2] == 'tombstone' or (stored[8] and stored[1] ~= fp) then
+    return reject_on_tombstone()
   end
   if stored[1] ~= fp then
     return {'conflict', '0', '0', ''}
