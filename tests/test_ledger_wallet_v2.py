@@ -294,8 +294,11 @@ def test_cancel_unknown_writes_tombstone_then_bet_and_win_get_cancelled(redis_ur
             1_000 * 100,
             "reject",
         )
-        assert (await do_bet(ledger, 5, 100, round_id=85)).code == "CANCELLED"
-        assert (await do_bet(ledger, 5, 200, round_id=85)).outcome == "conflict"
+        assert (await do_bet(ledger, 5, 100, round_id=85)).outcome == "replay"
+        # The key stays cancelled for every other request too, not a DUPLICATE_ID.
+        other = await do_bet(ledger, 5, 200, round_id=85)
+        assert (other.outcome, other.code, other.kind) == ("stored", "CANCELLED", "reject")
+        assert (await do_win(ledger, 5, 70, round_id=85)).code == "CANCELLED"
         assert (await do_cancel(ledger, 5)).outcome == "replay"
         await do_cancel(ledger, 6)
         late_win = await do_win(ledger, 6, 70, round_id=85)
@@ -304,9 +307,10 @@ def test_cancel_unknown_writes_tombstone_then_bet_and_win_get_cancelled(redis_ur
     run(scenario, redis_url)
     assert bal(redis_url) == 1_000 * 100
     kinds = [r["kind"] for r in journal(redis_url)]
-    assert kinds == ["adjust", "tombstone", "reject", "tombstone", "reject"]
+    assert kinds == ["adjust", "tombstone", "reject", "reject", "reject", "tombstone", "reject"]
     bet_record = tx(redis_url, "USD:5")
     assert bet_record["state"] == "rejected" and bet_record["code"] == "CANCELLED"
+    assert (bet_record["op"], bet_record["tombstoned"]) == ("tombstone", "1")
     assert bet_record["cancelled_by"] == "USD:5:cancel"
     # The tombstone record (before the bet) is what the journal's fx carries.
     fx = json.loads(journal(redis_url)[1]["fx"])

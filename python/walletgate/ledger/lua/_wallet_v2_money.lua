@@ -18,16 +18,24 @@ local tx_key = KEYS[3]
 local round_key = KEYS[4]
 local balance_field = 'bal:' .. currency
 
--- The stored outcome's fp, state, code, bal and created_us (all nil when the key is new).
+-- The stored outcome's fp, state, code, bal, created_us and tombstoned (all nil when the key
+-- is new).
 local function v2_stored()
-  return redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'created_us')
+  return redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'created_us', 'tombstoned')
+end
+
+-- Whether the key refuses this request as cancelled: it holds a tombstone, or the stored
+-- CANCELLED rejection of an earlier request on the tombstone (marked "tombstoned"), which
+-- still counts as one for any other request; the earlier request itself gets its replay.
+local function v2_on_tombstone(stored)
+  return stored[2] == 'tombstone' or (stored[6] and stored[1] ~= fp)
 end
 
 -- The answer when nothing is to be done: a replay of the stored outcome, a conflict (another
 -- fingerprint holds the key) or an unknown account; nil when the request must be applied (a
--- tombstone is applied too: the body stores its CANCELLED rejection).
+-- request on a tombstone is applied too: the body stores its CANCELLED rejection).
 local function v2_answer_stored(stored)
-  if stored[1] and stored[2] ~= 'tombstone' then
+  if stored[1] and not v2_on_tombstone(stored) then
     if stored[1] ~= fp then
       return {'conflict', 'DUPLICATE_ID', wg_get(account_key, balance_field), '0', ''}
     end
@@ -39,11 +47,28 @@ local function v2_answer_stored(stored)
   return nil
 end
 
--- Store the request's outcome as its tx record (op "bet" or "win"), journaled through fx.
-local function v2_store(op, state, code, delta, balance, seq, now_us)
-  wg_hset_many(tx_key, {
+-- Store the request's outcome as its tx record (op "bet", "win" or "tombstone"), journaled
+-- through fx; extra: more field/value pairs.
+local function v2_store(op, state, code, delta, balance, seq, now_us, extra)
+  local fields = {
     'fp', fp, 'state', state, 'code', code, 'op', op, 'protocol', protocol,
     'player', player, 'currency', currency, 'delta', delta, 'bal', balance, 'seq', seq,
     'created_us', now_us, 'id', money_id, 'round', round, 'amount', amount_units,
-  }, retention_s)
+  }
+  if extra then
+    for i = 1, #extra do fields[#fields + 1] = extra[i] end
+  end
+  wg_hset_many(tx_key, fields, retention_s)
+end
+
+-- Refuse a request on a tombstone (v2_on_tombstone) with a stored CANCELLED. The record keeps
+-- op "tombstone" and the tombstone's cancelled_by, and "tombstoned" marks it, so the key still
+-- refuses any other request, and still reads as cancelled to a cancel that names it.
+local function v2_reject_cancelled()
+  local balance = wg_get(account_key, balance_field)
+  local seq = wg_next_seq(currency)
+  local now_us = wg_now_us()
+  v2_store('tombstone', 'rejected', 'CANCELLED', '0', balance, seq, now_us, {'tombstoned', '1'})
+  wg_journal(currency, seq, 'reject', '0', balance, 'CANCELLED')
+  return {'stored', 'CANCELLED', balance, now_us, 'reject'}
 end

@@ -17,7 +17,8 @@
 --
 -- Tx record (hash, TTL = retention): fp, state (applied|rejected), code, op "bet", protocol,
 -- player, currency, delta, bal, seq, created_us, id, round, amount, and later settled_by (the
--- win that settled its round) or cancelled_by (the cancel that refunded it).
+-- win that settled its round) or cancelled_by (the cancel that refunded it). A bet refused on a
+-- tombstone keeps op "tombstone" and cancelled_by, with tombstoned = "1".
 -- Round hash: field "bet:<id>" = open|settled|cancelled, "settled_by" = first settling win.
 
 -- include: _wallet_v2_money
@@ -32,20 +33,17 @@ local function store(state, code, delta, balance, seq, now_us)
   v2_store('bet', state, code, delta, balance, seq, now_us)
 end
 
-local balance = wg_get(account_key, balance_field)
-local rejection = nil
-if stored[2] == 'tombstone' then
-  -- A cancel arrived first: the bet is refused for good (its tombstone's cancelled_by stays).
-  rejection = 'CANCELLED'
-elseif wg_cmp(balance, amount_units) < 0 then
-  rejection = 'INSUFFICIENT_FUNDS'
+if v2_on_tombstone(stored) then
+  -- A cancel arrived first: the bet is refused for good.
+  return v2_reject_cancelled()
 end
-if rejection then
+local balance = wg_get(account_key, balance_field)
+if wg_cmp(balance, amount_units) < 0 then
   local seq = wg_next_seq(currency)
   local now_us = wg_now_us()
-  store('rejected', rejection, '0', balance, seq, now_us)
-  wg_journal(currency, seq, 'reject', '0', balance, rejection)
-  return {'stored', rejection, balance, now_us, 'reject'}
+  store('rejected', 'INSUFFICIENT_FUNDS', '0', balance, seq, now_us)
+  wg_journal(currency, seq, 'reject', '0', balance, 'INSUFFICIENT_FUNDS')
+  return {'stored', 'INSUFFICIENT_FUNDS', balance, now_us, 'reject'}
 end
 
 -- 0 <= amount <= balance, so the debit cannot leave the int64 range.

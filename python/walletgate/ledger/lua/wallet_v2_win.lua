@@ -33,13 +33,8 @@ local function store(state, code, delta, balance, seq, now_us)
   v2_store('win', state, code, delta, balance, seq, now_us)
 end
 
-if stored[2] == 'tombstone' then
-  local balance = wg_get(account_key, balance_field)
-  local seq = wg_next_seq(currency)
-  local now_us = wg_now_us()
-  store('rejected', 'CANCELLED', '0', balance, seq, now_us)
-  wg_journal(currency, seq, 'reject', '0', balance, 'CANCELLED')
-  return {'stored', 'CANCELLED', balance, now_us, 'reject'}
+if v2_on_tombstone(stored) then
+  return v2_reject_cancelled()
 end
 
 local balance_after = wg_add(account_key, balance_field, amount_units)
