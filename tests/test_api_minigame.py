@@ -464,6 +464,11 @@ def test_10009_before_the_merchant_is_known(config: Config, body: bytes) -> None
         {"type": 8},
         {"timestamp": ...},
         {"timestamp": -1},
+        # Integers are `0|[1-9][0-9]*`: another number literal is a bad format, not a bad type.
+        {"type": 1.0},
+        {"type": 1e0},
+        {"timestamp": 1.5},
+        {"timestamp": 1721130791.0},
         {"session_id": ...},
         {"session_id": ""},
         {"money": "-3", "bet": "4"},
@@ -630,12 +635,10 @@ def test_10021_transfer_merchant(config: Config) -> None:
         {"money": {"v": 3}},
         {"bet": False},
         {"type": "1"},
-        {"type": 1.0},
         {"type": True},
         {"uname": 1006417},
         {"order_id": 12},
         {"timestamp": "1721130791"},
-        {"timestamp": 1.5},
         {"end_round": "false"},
         {"end_round": 0},
         {"currency": 1},
@@ -664,6 +667,17 @@ def test_get_balance_and_verify_type_errors(config: Config) -> None:
         assert await api.post(BALANCE, {"app_id": "10013", "uname": "u"}) == err(
             10009, "illegal parameter"
         )
+        # The typed optional fields of get_balance are checked when present.
+        await api.fund("u", 100_000)
+        plain = {"app_id": "10013", "uname": "u", "timestamp": 1}
+        assert await api.post(BALANCE, {**plain, "game_id": 74, "player_login_token": "t"}) == ok(
+            "10"
+        )
+        for wrong in ({"game_id": "74"}, {"game_id": True}, {"player_login_token": 5}):
+            assert await api.post(BALANCE, {**plain, **wrong}) == err(
+                10023, "parameter type mismatch"
+            )
+        assert await api.post(BALANCE, {**plain, "game_id": 7.5}) == err(10009, "illegal parameter")
         verify = {"app_id": "10013", "timestamp": 1, "operator_player_session": 7}
         assert await api.post(VERIFY, verify) == err(10023, "parameter type mismatch")
         assert await api.post(VERIFY, {"app_id": "10013", "timestamp": 1}) == err(

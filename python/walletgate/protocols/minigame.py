@@ -162,15 +162,35 @@ def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _integer(value: Any) -> int:
+    """A present JSON integer field's value. A number that is not an integer literal (``1.5``,
+    ``1.0``, ``1e0``, ``-0``) has the right JSON type but breaks the spec's integer grammar:
+    10009, as any bad format; a string or a bool is the wrong JSON type: 10023."""
+    if type(value) is _native.JsonDecimal:
+        raise _Reject(10009)
+    if type(value) is not int:
+        raise _Reject(10023)
+    return value
+
+
 def _int(data: Mapping[str, Any], name: str) -> int:
     value = data.get(name)
     if value is None:
         raise _Reject(10009)
-    if type(value) is not int:
-        raise _Reject(10023)
-    if not 0 <= value <= INT64_MAX:
+    number = _integer(value)
+    if not 0 <= number <= INT64_MAX:
         raise _Reject(10009)
-    return value
+    return number
+
+
+def _optional_types(data: Mapping[str, Any]) -> None:
+    """get_balance's typed optional fields: checked for their JSON type only when present."""
+    game_id = data.get("game_id")
+    if game_id is not None:
+        _integer(game_id)
+    token = data.get("player_login_token")
+    if token is not None and type(token) is not str:
+        raise _Reject(10023)
 
 
 def _money(value: Any) -> int:
@@ -382,6 +402,7 @@ class _Handlers:
             player = _player(data)
             currency = merchant.currency(data.get("currency"))
             timestamp = _int(data, "timestamp")
+            _optional_types(data)
             self._skew(timestamp)
             units = await ledger_minigame.balances(
                 self.ledger, tenant=merchant.app_id, player=player, currencies=(currency,)
@@ -408,9 +429,7 @@ class _Handlers:
             type_ = data.get("type")
             if type_ is None:
                 raise _Reject(10009)
-            if type(type_) is not int:
-                raise _Reject(10023)
-            if type_ not in merchant.enabled_types:
+            if _integer(type_) not in merchant.enabled_types:
                 raise _Reject(10009)
             money = _money(data.get("money"))
             bet_raw = data.get("bet")
