@@ -241,6 +241,30 @@ def test_adjust_conflicts_and_insufficient_funds_are_409_and_apply_nothing(
     )
 
 
+def test_adjust_ref_used_for_another_player_is_409_ref_conflict(
+    gw: AsgiGateway, store: redis.Redis
+) -> None:
+    """The ref is the tenant's: the player is part of the fingerprint, not of the key."""
+    credit = {"amount": "10", "ref": "shared"}
+    assert adjust(gw, MINIGAME_APP_ID, "pl-a", "usdt", credit) == (
+        200,
+        {"balance": "10", "ref": "shared"},
+    )
+    before = redis_state(store)
+    for player, currency in (("pl-b", "usdt"), ("pl-b", "usd")):
+        status, payload = adjust(gw, MINIGAME_APP_ID, player, currency, credit)
+        assert status == 409 and error("ref_conflict")(payload), (player, currency, payload)
+    after = redis_state(store)
+    assert before == after, state_difference(before, after)
+    assert account(gw, MINIGAME_APP_ID, "pl-b", "usdt")[0] == 404
+    assert adjust(gw, MINIGAME_APP_ID, "pl-a", "usdt", credit)[1] == {
+        "balance": "10",
+        "ref": "shared",
+    }
+    # Another tenant has refs of its own.
+    assert adjust(gw, TRANSFER_APPID, "pl-b", "usdt", credit)[0] == 200
+
+
 INVALID_AMOUNTS = [
     "1.00000",
     "1e3",

@@ -759,7 +759,11 @@ def test_key_to_player_map_and_cross_player_keys(redis_url: str, tmp_path: Path)
 
     async def scenario() -> writer.JournalStatus:
         ledger = ledger_for(config)
+        claims = redis.Redis.from_url(redis_url)
         for player in ("alice", "bob"):
+            # One ref for two players, as adjustments stored before the tenant-wide claim on a
+            # ref existed could be: without the claim, nothing stops the second one.
+            claims.delete(keys.admin_claim_key("t1", "shared"))
             result = await adjust(
                 ledger,
                 tenant="t1",
@@ -770,6 +774,7 @@ def test_key_to_player_map_and_cross_player_keys(redis_url: str, tmp_path: Path)
                 kind="adjust",
             )
             assert result.outcome == "applied"
+        claims.close()
         await adjust(
             ledger,
             tenant="t1",

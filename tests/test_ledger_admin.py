@@ -164,3 +164,90 @@ def test_adjustments_and_protocol_keys_named_admin_never_collide(redis_url: str)
         assert client.hget(keys.transaction_key("t1", "p1", "admin:r2"), "protocol") != "admin"
     finally:
         client.close()
+
+
+def test_a_ref_is_the_tenants_not_the_players(redis_url: str) -> None:
+    """The idempotency key is (tenant, ref) and the player is part of the fingerprint: the
+    same ref for a second player of the tenant is a conflict and moves nothing, while another
+    tenant may use it. A claim left by a failure before admin_adjust ran is the retry's own."""
+
+    async def credit(tenant: str, player: str, ref: str, amount_units: int = 10_000) -> str:
+        result = await adjust(
+            ledger,
+            tenant=tenant,
+            player=player,
+            currency="usd",
+            amount_units=amount_units,
+            ref=ref,
+            kind="adjust",
+        )
+        return result.outcome
+
+    async def scenario() -> None:
+        nonlocal ledger
+        ledger = make_ledger(redis_url)
+        assert await credit("t1", "pA", "r1") == "applied"
+        assert await credit("t1", "pB", "r1") == "conflict"
+        assert await credit("t1", "pB", "r1", 20_000) == "conflict"
+        assert await credit("t1", "pA", "r1") == "replay"
+        assert await credit("t2", "pB", "r1") == "applied"  # another tenant's ref
+        # A claim made just before a failure (the adjust script never ran): the retry applies.
+        fp = core.fingerprint("pC", "usd", "10000", "adjust")
+        client.set(keys.admin_claim_key("t1", "r2"), fp, ex=60)
+        assert await credit("t1", "pC", "r2") == "applied"
+        assert await credit("t1", "pC", "r2") == "replay"
+        await ledger.runner.close()
+
+    ledger: Any = None
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run(scenario())
+        assert client.hget(keys.account_key("t1", "pA"), "bal:usd") == "10000"
+        assert not client.exists(keys.account_key("t1", "pB"))
+        assert client.hget(keys.account_key("t2", "pB"), "bal:usd") == "10000"
+        assert client.hget(keys.account_key("t1", "pC"), "bal:usd") == "10000"
+        claim_ttl_s = client.ttl(keys.admin_claim_key("t1", "r1"))
+        record_ttl_s = client.ttl(keys.admin_record_key("t1", "pA", "r1"))
+        assert abs(claim_ttl_s - record_ttl_s) <= 1, (claim_ttl_s, record_ttl_s)
+    finally:
+        client.close()
+
+
+def test_a_claim_never_outlives_an_unstored_outcome(redis_url: str) -> None:
+    """An overflow stores nothing, so the same ref with a smaller amount is evaluated afresh;
+    an adjustment stored before claims existed keeps its ref for its own fingerprint."""
+
+    async def credit(ref: str, amount_units: int) -> str:
+        result = await adjust(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=amount_units,
+            ref=ref,
+            kind="adjust",
+        )
+        return result.outcome
+
+    async def scenario() -> None:
+        nonlocal ledger
+        ledger = make_ledger(redis_url)
+        assert await credit("top", 2**63 - 1) == "applied"
+        assert await credit("over", 1) == "overflow"
+        assert not client.exists(keys.admin_claim_key("t1", "over"))
+        assert await credit("over", -1) == "applied"
+        client.hset(
+            keys.admin_record_key("t1", "p1", "old"),
+            mapping={"fp": core.fingerprint("p1", "usd", "5", "adjust"), "bal": "5", "seq": "1"},
+        )
+        assert await credit("old", 6) == "conflict"
+        assert await credit("old", 5) == "replay"
+        await ledger.runner.close()
+
+    ledger: Any = None
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run(scenario())
+        assert client.hget(keys.account_key("t1", "p1"), "bal:usd") == str(2**63 - 2)
+    finally:
+        client.close()

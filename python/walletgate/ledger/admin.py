@@ -7,14 +7,28 @@ from typing import Literal
 
 from walletgate.ledger import keys
 from walletgate.ledger.core import Ledger, as_str, fingerprint
+from walletgate.ledger.scripts import load_script
 
 AdjustOutcome = Literal["applied", "replay", "conflict", "insufficient", "overflow"]
+ClaimAction = Literal["claim", "release"]
+# admin_adjust outcomes that store nothing: the claim made for them is released again.
+UNSTORED_OUTCOMES = frozenset({"conflict", "insufficient", "overflow"})
 
 
 @dataclass(frozen=True, slots=True)
 class AdjustResult:
     outcome: AdjustOutcome
     balance_units: int
+
+
+async def _claim(ledger: Ledger, tenant: str, ref: str, fp: str, action: ClaimAction) -> str:
+    """Run ``admin_claim.lua`` on the tenant's claim of ``ref``; its one key routes the call."""
+    reply = await ledger.runner.run(
+        load_script("admin_claim"),
+        [keys.admin_claim_key(tenant, ref)],
+        [fp, action, ledger.settings.idempotency_ttl_s],
+    )
+    return as_str(reply[0])
 
 
 async def adjust(
@@ -27,10 +41,19 @@ async def adjust(
     ref: str,
     kind: Literal["adjust", "save"],
 ) -> AdjustResult:
-    """Credit (amount > 0) or debit (amount < 0) an account, idempotent on (tenant, ref)."""
+    """Credit (amount > 0) or debit (amount < 0) an account, idempotent on (tenant, ref).
+
+    Two round trips: the tenant's claim on ``ref`` first (a ref another player's adjustment
+    owns is a conflict, although that player's stored outcome is under another hash tag), then
+    the player's script, which applies or replays. A failure between the two leaves a claim
+    with this fingerprint, so the retry finds it its own and applies.
+    """
     assert amount_units != 0, "a zero adjustment is rejected before the ledger"
     assert kind == "adjust" or amount_units > 0, "save only credits"
     key = "admin:" + ref
+    fp = fingerprint(player, currency, str(amount_units), kind)
+    if await _claim(ledger, tenant, ref, fp, "claim") == "conflict":
+        return AdjustResult(outcome="conflict", balance_units=0)
     reply = await ledger.call(
         "admin_adjust",
         tenant=tenant,
@@ -38,7 +61,7 @@ async def adjust(
         currency=currency,
         protocol="admin",
         key=key,
-        fingerprint=fingerprint(player, currency, str(amount_units), kind),
+        fingerprint=fp,
         refs={"ref": ref},
         retention_s=ledger.settings.idempotency_ttl_s,
         extra_keys=[
@@ -50,4 +73,9 @@ async def adjust(
     )
     outcome = as_str(reply[0])
     assert outcome in ("applied", "replay", "conflict", "insufficient", "overflow"), outcome
+    if outcome in UNSTORED_OUTCOMES:
+        # Nothing was stored for this fingerprint (an overflow or a shortfall, or an adjustment
+        # of this player stored before claims existed holds the ref): the claim must not keep
+        # the ref, or a retry would not be evaluated afresh.
+        await _claim(ledger, tenant, ref, fp, "release")
     return AdjustResult(outcome=outcome, balance_units=int(as_str(reply[1])))  # type: ignore[arg-type]

@@ -50,6 +50,14 @@ def admin_record_key(tenant: str, player: str, ref: str) -> str:
     return player_prefix(tenant, player) + "adm:" + ref
 
 
+def admin_claim_key(tenant: str, ref: str) -> str:
+    """The tenant-wide claim on an adjustment ref (``admin_claim.lua``), which makes a ref used
+    for a second player a conflict: the stored outcomes are per player. Its own hash tag keeps
+    the claim script on one slot; the fixed ``claim:`` part keeps any ref (``acct`` included)
+    from making the key look like an account hash to the journal's account scan."""
+    return KEY_PREFIX + "{adm:" + tenant + "}:claim:" + ref
+
+
 def round_key(tenant: str, player: str, round_id: str) -> str:
     return player_prefix(tenant, player) + "round:" + round_id
 

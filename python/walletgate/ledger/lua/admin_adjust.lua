@@ -1,5 +1,9 @@
 -- admin_adjust: credit or debit an account from the admin API, idempotent on (tenant, ref).
 --
+-- The ref is the tenant's, but this script sees only its player's keys: admin_claim.lua runs
+-- first and answers the conflict when another player's adjustment owns the ref, so "conflict"
+-- here is this player's own record with another fingerprint.
+--
 -- KEYS[1] account hash, KEYS[2] journal stream (prelude)
 -- KEYS[3] wg:{T:P}:adm:<ref>        the adjustment's stored outcome
 -- KEYS[4] wg:{T:P}:tx:admin:<ref>   read only: where adjustments were kept before they had keys of
