@@ -228,17 +228,27 @@ def test_adjust_conflicts_and_insufficient_funds_are_409_and_apply_nothing(
     ):
         status, payload = adjust(gw, TRANSFER_APPID, PLAYER, "usdt", body)
         assert status == 409 and error("ref_conflict")(payload), payload
+    after = redis_state(store)
+    assert before == after, state_difference(before, after)
     debit = {"amount": "-10.0001", "ref": "c2"}
     status, payload = adjust(gw, TRANSFER_APPID, PLAYER, "usdt", debit)
     assert status == 409 and error("insufficient_funds")(payload), payload
-    after = redis_state(store)
-    assert before == after, state_difference(before, after)
-    # insufficient_funds is not stored: the same ref succeeds once the money is there.
+    assert account(gw, TRANSFER_APPID, PLAYER, "usdt")[1]["balance"] == "10"
+    # insufficient_funds is a stored outcome: the same ref answers it again once the money is
+    # there, and moves nothing; the ref with another amount is a conflict.
     assert adjust(gw, TRANSFER_APPID, PLAYER, "usdt", {"amount": "1", "ref": "c3"})[0] == 200
-    assert adjust(gw, TRANSFER_APPID, PLAYER, "usdt", debit) == (
-        200,
-        {"balance": "0.9999", "ref": "c2"},
-    )
+    status, payload = adjust(gw, TRANSFER_APPID, PLAYER, "usdt", debit)
+    assert status == 409 and error("insufficient_funds")(payload), payload
+    assert payload == {"error": "insufficient_funds", "detail": payload["detail"]}
+    status, payload = adjust(gw, TRANSFER_APPID, PLAYER, "usdt", {"amount": "-1", "ref": "c2"})
+    assert status == 409 and error("ref_conflict")(payload), payload
+    status, payload = adjust(gw, TRANSFER_APPID, "another", "usdt", debit)
+    assert status == 409 and error("ref_conflict")(payload), payload
+    assert account(gw, TRANSFER_APPID, PLAYER, "usdt")[1]["balance"] == "11"
+    status, outcome = transaction(gw, TRANSFER_APPID, "admin:c2", PLAYER)
+    assert status == 200, outcome
+    assert (outcome["state"], outcome["delta"], outcome["balance_after"]) == ("rejected", "0", "10")
+    assert error("insufficient_funds")(outcome["response"]), outcome
 
 
 def test_adjust_ref_used_for_another_player_is_409_ref_conflict(

@@ -15,12 +15,13 @@ import redis.asyncio
 
 from conftest import RedisServer, free_port
 from test_journal_writer import (
+    JOURNALED_OUTCOMES,
     Operation,
-    applied_count,
     apply_operations,
     disk_records,
     drain,
     journal_config,
+    journaled_count,
     ledger_for,
     pending_count,
     plan_operations,
@@ -198,8 +199,8 @@ def test_rebuild_restores_every_balance_seq_and_idempotent_answer(
         ledger = ledger_for(config)
         for tenant, player, currency, amount, ref, kind in operations:
             outcome, balance = outcomes[ref]
-            if outcome != "applied":
-                continue  # refusals are not stored: a retry is evaluated afresh
+            if outcome not in JOURNALED_OUTCOMES:
+                continue  # overflows are not stored: a retry is evaluated afresh
             result = await adjust(
                 ledger,
                 tenant=tenant,
@@ -210,6 +211,7 @@ def test_rebuild_restores_every_balance_seq_and_idempotent_answer(
                 kind=kind,
             )
             assert (result.outcome, result.balance_units) == ("replay", balance), ref
+            assert result.rejected == (outcome == "insufficient"), ref
         # A new operation continues each account's seq.
         tenant, player, currency = operations[0][:3]
         seq_before = int(client.hget(f"wg:{{{tenant}:{player}}}:acct", f"seq:{currency}") or 0)
@@ -231,7 +233,7 @@ def test_rebuild_restores_every_balance_seq_and_idempotent_answer(
     asyncio.run(replay_refs())
     assert verify(config) == (0, [])
     client.close()
-    assert applied_count(outcomes) == len(disk_records(config.journal.dir)) - 1
+    assert journaled_count(outcomes) == len(disk_records(config.journal.dir)) - 1
 
 
 def test_rebuild_refuses_a_non_empty_redis(redis_url: str, tmp_path: Path) -> None:
@@ -416,10 +418,12 @@ def test_cluster_writer_verify_and_rebuild(redis_cluster: ClusterFixture, tmp_pa
         return outcomes
 
     outcomes = asyncio.run(write_journal())
-    assert len(disk_records(config.journal.dir)) == applied_count(outcomes)
+    assert len(disk_records(config.journal.dir)) == journaled_count(outcomes)
     assert verify(config) == (0, [])
     client = redis.RedisCluster.from_url(url, decode_responses=True)
-    first = disk_records(config.journal.dir)[0]
+    # An applied record: an account whose only record is a stored rejection has no balance
+    # field, which the tampering below would create.
+    first = next(r for r in disk_records(config.journal.dir) if r["kind"] != "reject")
     tenant, player, currency = first["tenant"], first["player"], first["currency"]
     client.hincrby(f"wg:{{{tenant}:{player}}}:acct", f"bal:{currency}", 3)
     code, lines = verify(config)
@@ -437,7 +441,7 @@ def test_cluster_writer_verify_and_rebuild(redis_cluster: ClusterFixture, tmp_pa
         ledger = Ledger(make_runner(config.redis), settings)
         for tenant, player, currency, amount, ref, kind in operations[:50]:
             outcome, balance = outcomes[ref]
-            if outcome == "applied":
+            if outcome in JOURNALED_OUTCOMES:
                 result = await adjust(
                     ledger,
                     tenant=tenant,

@@ -103,8 +103,8 @@ Operation = tuple[str, str, str, int, str, Kind]
 
 
 def plan_operations(count: int, *, seed: int, players: int = 12) -> list[Operation]:
-    """Credits, debits (some refused for insufficient funds, which journals nothing) and saves
-    over a few tenants, players and currencies, each with a unique ref."""
+    """Credits, debits (some refused for insufficient funds, a stored and journaled rejection)
+    and saves over a few tenants, players and currencies, each with a unique ref."""
     rng = random.Random(seed)
     operations: list[Operation] = []
     for index in range(count):
@@ -214,8 +214,12 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coroutine)
 
 
-def applied_count(outcomes: dict[str, tuple[str, int]]) -> int:
-    return sum(1 for outcome, _ in outcomes.values() if outcome == "applied")
+JOURNALED_OUTCOMES = ("applied", "insufficient")
+
+
+def journaled_count(outcomes: dict[str, tuple[str, int]]) -> int:
+    """The operations that wrote a journal record: the applied ones and the stored rejections."""
+    return sum(1 for outcome, _ in outcomes.values() if outcome in JOURNALED_OUTCOMES)
 
 
 # --- Tests -----------------------------------------------------------------------------------
@@ -233,7 +237,7 @@ def test_records_reach_disk_with_the_spec_fields(redis_url: str, tmp_path: Path)
 
     outcomes = run(scenario())
     records = disk_records(config.journal.dir)
-    assert_each_record_once(records, applied_count(outcomes))
+    assert_each_record_once(records, journaled_count(outcomes))
     assert pending_count(redis_url) == 0
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     for record in records:
@@ -242,12 +246,14 @@ def test_records_reach_disk_with_the_spec_fields(redis_url: str, tmp_path: Path)
         for name in ("seq", "delta_units", "balance_after_units", "bucket", "batch"):
             assert type(record[name]) is int, name
         assert record["protocol"] == "admin"
-        assert record["kind"] in ("adjust", "save")
-        assert record["result"] == "ok"
+        rejected = record["kind"] == "reject"
+        assert record["kind"] in ("adjust", "save", "reject")
+        assert record["result"] == ("insufficient_funds" if rejected else "ok")
         assert record["key"] == "admin:" + record["refs"]["ref"]
         assert record["bucket"] == keys.journal_bucket(record["tenant"], record["player"], 4, False)
         assert isinstance(record["fx"], list) and all(len(entry) == 4 for entry in record["fx"])
-        assert outcomes[record["refs"]["ref"]] == ("applied", record["balance_after_units"])
+        outcome = "insufficient" if rejected else "applied"
+        assert outcomes[record["refs"]["ref"]] == (outcome, record["balance_after_units"])
     # The last record of each account holds the balance Redis holds.
     last: dict[tuple[str, str, str], dict[str, Any]] = {}
     for record in records:
@@ -258,7 +264,11 @@ def test_records_reach_disk_with_the_spec_fields(redis_url: str, tmp_path: Path)
         stored = client.hmget(
             keys.account_key(tenant, player), f"bal:{currency}", f"seq:{currency}"
         )
-        assert stored == [str(record["balance_after_units"]), str(record["seq"])]
+        # A stored rejection on a new account takes a seq and leaves the balance field absent.
+        assert [stored[0] or "0", stored[1]] == [
+            str(record["balance_after_units"]),
+            str(record["seq"]),
+        ]
     client.close()
 
 
@@ -313,8 +323,8 @@ def test_records_leave_redis_only_after_fsync(
         return outcomes, client.deleted
 
     outcomes, deleted = run(scenario())
-    assert deleted == applied_count(outcomes)
-    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert deleted == journaled_count(outcomes)
+    assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))
 
 
 class CallSizeAuditingClient:
@@ -366,7 +376,7 @@ def test_a_large_cycle_sends_bounded_script_calls_one_at_a_time(
         return outcomes, client
 
     outcomes, client = run(scenario())
-    applied = applied_count(outcomes)
+    applied = journaled_count(outcomes)
     assert applied > 2 * writer.DELETE_IDS_PER_CALL, applied
     assert sum(client.delete_ids) == applied
     assert 0 < max(client.map_items) <= writer.MAP_KEYS_PER_CALL, client.map_items
@@ -464,8 +474,8 @@ def test_two_writers_never_write_the_same_record(redis_url: str, tmp_path: Path)
 
     outcomes, written = run(scenario())
     assert all(count > 0 for count in written), written
-    assert sum(written) == applied_count(outcomes)
-    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert sum(written) == journaled_count(outcomes)
+    assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))
     assert replay_verify(config) == 0
 
 
@@ -494,7 +504,7 @@ def written_then_pending(
     client = redis.Redis.from_url(redis_url)
     pending: PendingEntries = client.xrange(keys.journal_stream_key(0, False))  # type: ignore[assignment]
     client.close()
-    assert len(pending) == applied_count(outcomes) - len(disk_records(config.journal.dir))
+    assert len(pending) == journaled_count(outcomes) - len(disk_records(config.journal.dir))
     segment = replay.segment_paths(config.journal.dir)[-1]
     last_batch = orjson.loads(segment.read_bytes().splitlines()[-1])["batch"]
     return outcomes, pending, segment, last_batch
@@ -506,7 +516,7 @@ def assert_drained_once(redis_url: str, config: Config, outcomes: dict[str, Any]
     client = redis.Redis.from_url(redis_url)
     assert client.xlen(keys.journal_stream_key(0, False)) == 0
     client.close()
-    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))
     assert replay_verify(config) == 0
 
 
@@ -667,7 +677,7 @@ def test_sigkill_mid_flush_loses_and_duplicates_nothing(redis_url: str, tmp_path
         return outcomes
 
     outcomes = run(backlog())
-    applied = applied_count(outcomes)
+    applied = journaled_count(outcomes)
     environment = {**os.environ, "PYTHONPATH": str(PYTHON_DIR)}
 
     def start_writer() -> subprocess.Popen[bytes]:
@@ -744,7 +754,7 @@ def test_status_reports_backlog_and_lag(redis_url: str, tmp_path: Path) -> None:
         assert seen_backlog
         status = journal.status()
         assert status.alive and status.owned_shards == (0, 1, 2, 3)
-        assert status.records_written_total == applied_count(outcomes)
+        assert status.records_written_total == journaled_count(outcomes)
         assert status.sequence_violations_total == 0 and status.errors_total == 0
         await journal.stop()
         assert not journal.status().alive
@@ -922,8 +932,8 @@ def test_a_stalled_writer_cannot_write_after_losing_its_lease(
 
     outcomes, written = run(scenario())
     assert "lost the lease of shard 0" in caplog.text
-    assert sum(written) == applied_count(outcomes)
-    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert sum(written) == journaled_count(outcomes)
+    assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))
 
 
 def test_the_writer_drains_a_redis_that_is_over_maxmemory(
@@ -949,7 +959,7 @@ def test_the_writer_drains_a_redis_that_is_over_maxmemory(
         admin.set("wg:{probe}:x", "1")
     run(drain(config))
     assert pending_count(fresh_redis.url) == 0
-    assert_each_record_once(disk_records(config.journal.dir), applied_count(outcomes))
+    assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))
     admin.close()
 
 

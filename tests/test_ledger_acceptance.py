@@ -880,8 +880,9 @@ def test_admin_adjust_credit_replay_conflict_and_debit(backend: Backend) -> None
     assert outcomes[4] == ("insufficient", 1_000_500)
     assert outcomes[5] == ("applied", 1_000_000)
     assert hget(backend, acct("t1", "p1"), "bal:usd") == "1000000"
-    assert hget(backend, acct("t1", "p1"), "seq:usd") == "3"
-    assert kinds(player_journal(backend, "t1", "p1")) == ["adjust", "adjust", "adjust"]
+    # The shortfall is a stored rejection: journaled, with a seq of its own.
+    assert hget(backend, acct("t1", "p1"), "seq:usd") == "4"
+    assert kinds(player_journal(backend, "t1", "p1")) == ["adjust", "adjust", "reject", "adjust"]
 
 
 # --- 1d. int64 limits ------------------------------------------------------------------------

@@ -67,15 +67,59 @@ def test_adjust_credit_replay_conflict_and_debit(redis_url: str) -> None:
             kind="adjust",
         )
         assert (too_much.outcome, too_much.balance_units) == ("insufficient", 1_000_500)
+        assert too_much.rejected and not replay.rejected
+        # The rejection is stored: once the balance covers the debit, the ref still answers it.
+        await adjust(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=5_000_000,
+            ref="r4",
+            kind="adjust",
+        )
+        again = await adjust(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=-2_000_000,
+            ref="r3",
+            kind="adjust",
+        )
+        assert (again.outcome, again.balance_units, again.rejected) == ("replay", 1_000_500, True)
+        other = await adjust(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=-1,
+            ref="r3",
+            kind="adjust",
+        )
+        assert other.outcome == "conflict"
         await ledger.runner.close()
 
     run(scenario())
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.hget("wg:{t1:p1}:acct", "bal:usd") == "1000500"
-    assert client.hget("wg:{t1:p1}:acct", "seq:usd") == "2"
+    assert client.hget("wg:{t1:p1}:acct", "bal:usd") == "6000500"
+    assert client.hget("wg:{t1:p1}:acct", "seq:usd") == "4"
+    rejection = client.hgetall(keys.admin_record_key("t1", "p1", "r3"))
+    assert (rejection["state"], rejection["code"], rejection["delta"], rejection["bal"]) == (
+        "rejected",
+        "insufficient_funds",
+        "0",
+        "1000500",
+    )
+    assert client.ttl(keys.admin_record_key("t1", "p1", "r3")) > 0
     streams = [k for k in client.keys("wg:{j*}:journal")]
-    records = [entry for stream in streams for entry in client.xrange(stream)]
-    assert len(records) == 2
+    records = [entry[1] for stream in streams for entry in client.xrange(stream)]
+    assert [(r["kind"], r["result"]) for r in records] == [
+        ("adjust", "ok"),
+        ("adjust", "ok"),
+        ("reject", "insufficient_funds"),
+        ("adjust", "ok"),
+    ]
 
 
 def test_adjust_overflow_is_rejected_not_wrapped(redis_url: str) -> None:

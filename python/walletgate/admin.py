@@ -36,6 +36,8 @@ MAX_SESSION_TTL_S = 10 * 365 * 86_400
 MAX_REF_CHARS = 128
 ADMIN_KEY_PREFIX = "admin:"
 MIDAS_EXTRA_FIELDS = ("save_amt", "save_sum", "cost_sum", "present_sum")
+INSUFFICIENT_FUNDS = "insufficient_funds"
+INSUFFICIENT_FUNDS_DETAIL = "balance is lower than the debit"
 
 
 def _format_sum_units(units: int) -> str:
@@ -165,12 +167,13 @@ def admin_routes(
             return error(503, "unavailable", "redis unavailable, nothing applied")
         if result.outcome == "conflict":
             return error(409, "ref_conflict", "ref was used for another adjustment")
-        if result.outcome == "insufficient":
-            return error(409, "insufficient_funds", "balance is lower than the debit")
         if result.outcome == "overflow":
             return error(400, "invalid_amount", "the balance would leave the int64 range")
         if result.outcome == "replay":
             ctx.metrics.inc("idempotent_replays_total", (("family", "admin"),))
+        if result.rejected:
+            # Stored: the same ref and fingerprint answer this again, whatever the balance is.
+            return error(409, INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS_DETAIL)
         return json_response({"balance": _native.format_units(result.balance_units), "ref": ref})
 
     async def get_account(request: Request) -> Response:
@@ -353,6 +356,9 @@ def stored_outcome(
 
 def _render(key: str, record: dict[str, str], renderer: Renderer | None) -> Any:
     if record.get("protocol") == "admin" or renderer is None:
+        if record.get("protocol") == "admin" and record.get("state") == "rejected":
+            # A stored rejection answered the 409 body, the only one an adjustment stores.
+            return {"error": INSUFFICIENT_FUNDS, "detail": INSUFFICIENT_FUNDS_DETAIL}
         # The adjust answer was {"balance", "ref"}; the ref is the key without "admin:".
         return {
             "balance": _native.format_units(int(record.get("bal", "0") or 0)),

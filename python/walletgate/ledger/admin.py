@@ -12,13 +12,16 @@ from walletgate.ledger.scripts import load_script
 AdjustOutcome = Literal["applied", "replay", "conflict", "insufficient", "overflow"]
 ClaimAction = Literal["claim", "release"]
 # admin_adjust outcomes that store nothing: the claim made for them is released again.
-UNSTORED_OUTCOMES = frozenset({"conflict", "insufficient", "overflow"})
+UNSTORED_OUTCOMES = frozenset({"conflict", "overflow"})
 
 
 @dataclass(frozen=True, slots=True)
 class AdjustResult:
+    """``rejected``: the outcome is a stored rejection (insufficient funds), new or replayed."""
+
     outcome: AdjustOutcome
     balance_units: int
+    rejected: bool = False
 
 
 async def _claim(ledger: Ledger, tenant: str, ref: str, fp: str, action: ClaimAction) -> str:
@@ -74,8 +77,12 @@ async def adjust(
     outcome = as_str(reply[0])
     assert outcome in ("applied", "replay", "conflict", "insufficient", "overflow"), outcome
     if outcome in UNSTORED_OUTCOMES:
-        # Nothing was stored for this fingerprint (an overflow or a shortfall, or an adjustment
-        # of this player stored before claims existed holds the ref): the claim must not keep
-        # the ref, or a retry would not be evaluated afresh.
+        # Nothing was stored for this fingerprint (an overflow, or an adjustment of this player
+        # stored before claims existed holds the ref): the claim must not keep the ref, or a
+        # retry would not be evaluated afresh.
         await _claim(ledger, tenant, ref, fp, "release")
-    return AdjustResult(outcome=outcome, balance_units=int(as_str(reply[1])))  # type: ignore[arg-type]
+    return AdjustResult(
+        outcome=outcome,  # type: ignore[arg-type]
+        balance_units=int(as_str(reply[1])),
+        rejected=as_str(reply[3]) == "rejected",
+    )

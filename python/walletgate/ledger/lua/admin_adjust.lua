@@ -13,10 +13,18 @@
 -- ARGV[9]  amount_units: signed decimal integer string, non-zero
 -- ARGV[10] kind: "adjust" or "save" (save: Midas only, amount > 0; raises save_amt, save_sum,
 --          sets first_save to 2)
--- Returns: {outcome, balance_units, seq}
---   outcome "applied" | "replay" (balance_units is the original one) | "conflict" (ref reused
---   with another fingerprint) | "insufficient" (a debit larger than the balance; not stored) |
---   "overflow" (the balance would leave int64; not stored)
+-- Returns: {outcome, balance_units, seq, state}
+--   outcome "applied" | "insufficient" (a debit larger than the balance: stored as a rejection,
+--   so the same ref and fingerprint keep answering it after the balance grew) | "replay" (the
+--   stored outcome: balance_units and seq as first returned, state "applied" or "rejected") |
+--   "conflict" (ref stored with another fingerprint; nothing written) | "overflow" (the balance
+--   would leave int64; not stored, nothing written: like malformed input, a retry is evaluated
+--   afresh)
+--   state is "applied" or "rejected" (the stored state; "" for conflict and overflow).
+-- Record (hash, TTL = retention): fp, state (applied|rejected), code ("ok" or
+--   "insufficient_funds"), op (kind), protocol, player, currency, delta ("0" when rejected),
+--   bal (the balance after, or the unchanged balance of a rejection), seq, created_us.
+-- Journal: kind "adjust" or "save", or "reject" (delta "0", result "insufficient_funds").
 
 local currency = ARGV[3]
 local retention_s = ARGV[8]
@@ -24,27 +32,36 @@ local amount_units = ARGV[9]
 local kind = ARGV[10]
 local tx_key = KEYS[3]
 
-local stored = redis.call('HMGET', tx_key, 'fp', 'bal', 'seq')
+local stored = redis.call('HMGET', tx_key, 'fp', 'bal', 'seq', 'state')
 if not stored[1] then
   local legacy = redis.call('HMGET', KEYS[4], 'fp', 'bal', 'seq', 'protocol')
-  if legacy[4] == 'admin' then stored = legacy end
+  -- Adjustments were kept there only when applied: rejections were not stored then.
+  if legacy[4] == 'admin' then stored = {legacy[1], legacy[2], legacy[3], 'applied'} end
 end
 if stored[1] then
   if stored[1] ~= ARGV[6] then
-    return {'conflict', '0', '0'}
+    return {'conflict', '0', '0', ''}
   end
-  return {'replay', stored[2], stored[3]}
+  return {'replay', stored[2], stored[3], stored[4] or 'applied'}
 end
 
 local balance_field = 'bal:' .. currency
 if wg_cmp(amount_units, '0') < 0 then
-  if wg_cmp(wg_get(KEYS[1], balance_field), wg_negate(amount_units)) < 0 then
-    return {'insufficient', wg_get(KEYS[1], balance_field), '0'}
+  local balance = wg_get(KEYS[1], balance_field)
+  if wg_cmp(balance, wg_negate(amount_units)) < 0 then
+    local seq = wg_next_seq(currency)
+    wg_hset_many(tx_key, {
+      'fp', ARGV[6], 'state', 'rejected', 'code', 'insufficient_funds', 'op', kind,
+      'protocol', ARGV[4], 'player', ARGV[2], 'currency', currency, 'delta', '0',
+      'bal', balance, 'seq', seq, 'created_us', wg_now_us(),
+    }, retention_s)
+    wg_journal(currency, seq, 'reject', '0', balance, 'insufficient_funds')
+    return {'insufficient', balance, seq, 'rejected'}
   end
 end
 local balance_units = wg_add(KEYS[1], balance_field, amount_units)
 if not balance_units then
-  return {'overflow', wg_get(KEYS[1], balance_field), '0'}
+  return {'overflow', wg_get(KEYS[1], balance_field), '0', ''}
 end
 if kind == 'save' then
   -- save_amt and save_sum can only overflow after the balance did, which was checked above.
@@ -59,4 +76,4 @@ wg_hset_many(tx_key, {
   'seq', seq, 'created_us', wg_now_us(),
 }, retention_s)
 wg_journal(currency, seq, kind, amount_units, balance_units, 'ok')
-return {'applied', balance_units, seq}
+return {'applied', balance_units, seq, 'applied'}

@@ -16,9 +16,8 @@
 --            nothing written)
 --   release: "released" (the claim held ARGV[1] and is deleted) | "kept" (it held another
 --            fingerprint, or nothing). Sent after an admin_adjust outcome that stores nothing
---            ("overflow", "insufficient", or "conflict" with an adjustment stored before claims
---            existed), so the claim never outlives the outcome it stands for and a retry is
---            evaluated afresh.
+--            ("overflow", or "conflict" with an adjustment stored before claims existed), so
+--            the claim never outlives the outcome it stands for and a retry is evaluated afresh.
 --
 -- The claim is not journaled: it is no account state, and the prelude's journal helpers only
 -- take keys under one player's tag. It goes through plain redis.call for that reason.
