@@ -710,6 +710,52 @@ def test_transactions_admin_record_carries_the_original_adjust_body(gw: AsgiGate
     check_outcome(outcome, tenant, key, player, answer)
 
 
+def test_transactions_midas_outcomes_report_paid_plus_gifted(gw: AsgiGateway) -> None:
+    """delta and balance_after are paid plus gifted, as GET account's balance: a present moves
+    the gifted part only, a pay takes the gifted part first."""
+    body = {"tenant": MIDAS_APPID, "player": OPENID, "currency": "1", "token": "h1"}
+    assert session(gw, {**body, "session_key": SESSION_KEY})[0] == 201
+    save = {"amount": "100", "ref": "s1", "kind": "save"}
+    assert adjust(gw, MIDAS_APPID, OPENID, "1", save)[0] == 200
+    assert midas_call(gw, MIDAS_PATHS[3], bill_no="P1", present_counts=10)["errcode"] == 0
+    assert midas_call(gw, MIDAS_PATHS[1], bill_no="B1", amt=20)["errcode"] == 0
+    sums = {}
+    for key in ("P1", "B1"):
+        status, outcome = transaction(gw, MIDAS_APPID, key, OPENID)
+        assert status == 200, outcome
+        sums[key] = (outcome["delta"], outcome["balance_after"])
+    assert sums == {"P1": ("10", "110"), "B1": ("-20", "90")}
+    assert account(gw, MIDAS_APPID, OPENID, "1")[1]["balance"] == "90"
+
+
+def test_transactions_midas_outcome_past_int64_reads_exactly(gw: AsgiGateway) -> None:
+    """Paid and gifted parts each fit int64, their sum need not: the outcome still reads."""
+    body = {"tenant": MIDAS_APPID, "player": OPENID, "currency": "1", "token": "h1"}
+    assert session(gw, {**body, "session_key": SESSION_KEY})[0] == 201
+    save = {"amount": "90", "ref": "s1", "kind": "save"}
+    assert adjust(gw, MIDAS_APPID, OPENID, "1", save)[0] == 200
+    top_coins = (2**63 - 1) // 10_000
+    present = midas_call(gw, MIDAS_PATHS[3], bill_no="TOP", present_counts=top_coins)
+    assert present["errcode"] == 0, present
+    status, outcome = transaction(gw, MIDAS_APPID, "TOP", OPENID)
+    assert status == 200, outcome
+    assert (outcome["delta"], outcome["balance_after"]) == (str(top_coins), str(top_coins + 90))
+    assert outcome["response"] == present
+
+
+def test_an_unreadable_stored_value_is_a_503_with_the_error_body(
+    gw: AsgiGateway, store: redis.Redis
+) -> None:
+    """The reads never answer a bare 500: a value they cannot parse is the spec's error body."""
+    assert adjust(gw, MINIGAME_APP_ID, PLAYER, "usdt", {"amount": "1", "ref": "u1"})[0] == 200
+    store.hset(f"wg:{{{MINIGAME_APP_ID}:{PLAYER}}}:adm:u1", "delta", "not-a-number")
+    store.hset(f"wg:{{{MINIGAME_APP_ID}:{PLAYER}}}:acct", "bal:usdt", "not-a-number")
+    status, payload = transaction(gw, MINIGAME_APP_ID, "admin:u1", PLAYER)
+    assert status == 503 and error("unavailable")(payload), (status, payload)
+    status, payload = account(gw, MINIGAME_APP_ID, PLAYER, "usdt")
+    assert status == 503 and error("unavailable")(payload), (status, payload)
+
+
 def test_transactions_404s(gw: AsgiGateway) -> None:
     records = produce_one_record_per_family(gw)
     for tenant, key, player in (

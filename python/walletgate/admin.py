@@ -297,9 +297,10 @@ def admin_routes(
     def guarded(
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
-        """Any failure the handler did not expect (a script error, a client gone mid-body)
-        answers the spec's error body with 503: a retry with the same ref or token is safe,
-        since both calls are idempotent. The log names the handler, never the path (it may
+        """Any failure the handler did not expect (a script error, a client gone mid-body, a
+        stored value it cannot read) answers the spec's error body with 503, never a bare 500:
+        a retry with the same ref or token is safe, since both calls are idempotent, and the
+        reads change nothing. The log names the handler, never the path (it may
         hold a wallet_token as its tenant)."""
 
         async def endpoint(request: Request) -> Response:
@@ -318,9 +319,15 @@ def admin_routes(
             guarded(post_adjust),
             methods=["POST"],
         ),
-        Route(prefix + "/accounts/{tenant}/{player}/{currency}", get_account, methods=["GET"]),
+        Route(
+            prefix + "/accounts/{tenant}/{player}/{currency}", guarded(get_account), methods=["GET"]
+        ),
         Route(prefix + "/sessions", guarded(post_session), methods=["POST"]),
-        Route(prefix + "/transactions/{tenant}/{key:path}", get_transaction, methods=["GET"]),
+        Route(
+            prefix + "/transactions/{tenant}/{key:path}",
+            guarded(get_transaction),
+            methods=["GET"],
+        ),
     ]
 
 
@@ -339,11 +346,11 @@ def stored_outcome(
         "player": record.get("player"),
         "currency": record.get("currency"),
         "state": record.get("state"),
-        "delta": _native.format_units(int(record.get("delta", "0") or 0)),
-        # Midas records keep the paid part in "bal" and the gifted part in "gbal".
-        "balance_after": _native.format_units(
-            int(record.get("bal", "0") or 0) + int(record.get("gbal", "0") or 0)
-        ),
+        # Midas records keep the paid part in "delta" and "bal", the gifted part in "gdelta"
+        # and "gbal": the outcome reports their sums, as GET account does, and a sum may leave
+        # int64 although each part fits.
+        "delta": _format_sum_units(_units(record, "delta") + _units(record, "gdelta")),
+        "balance_after": _format_sum_units(_units(record, "bal") + _units(record, "gbal")),
         "response": _render(key, record, renderer),
         "created_at": _rfc3339(created_s),
         "expires_at": _rfc3339(time.time() + ttl_s) if ttl_s > 0 else None,
@@ -359,9 +366,10 @@ def _render(key: str, record: dict[str, str], renderer: Renderer | None) -> Any:
         if record.get("protocol") == "admin" and record.get("state") == "rejected":
             # A stored rejection answered the 409 body, the only one an adjustment stores.
             return {"error": INSUFFICIENT_FUNDS, "detail": INSUFFICIENT_FUNDS_DETAIL}
-        # The adjust answer was {"balance", "ref"}; the ref is the key without "admin:".
+        # The adjust answer was {"balance", "ref"}; the ref is the key without "admin:". For a
+        # Midas account the balance is paid plus gifted ("gbal" is absent elsewhere).
         return {
-            "balance": _native.format_units(int(record.get("bal", "0") or 0)),
+            "balance": _format_sum_units(_units(record, "bal") + _units(record, "gbal")),
             "ref": key.removeprefix(ADMIN_KEY_PREFIX),
         }
     try:
@@ -369,6 +377,11 @@ def _render(key: str, record: dict[str, str], renderer: Renderer | None) -> Any:
     except Exception:  # A record a renderer cannot read must not break the admin API.
         logger.warning("could not render a stored outcome", exc_info=True)
         return None
+
+
+def _units(record: dict[str, str], field: str) -> int:
+    """An integer field of a stored record; absent or empty is 0."""
+    return int(record.get(field, "0") or 0)
 
 
 def _rfc3339(seconds: float) -> str:
