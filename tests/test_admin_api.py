@@ -441,13 +441,39 @@ def test_get_account_midas_fields_follow_save_present_pay_and_cancelpay(gw: Asgi
     assert midas_call(gw, MIDAS_PATHS[2], bill_no="B1")["errcode"] == 0
     restored = {**expected, "balance": "110", "paid": 100, "gen_balance": 10, "cost_sum": 0}
     assert account(gw, MIDAS_APPID, OPENID, "1") == (200, restored)
-    # A plain adjust acts on the paid part; the sandbox is another currency.
+    # A plain adjust acts on the paid part, and answers paid plus gifted as the balance does;
+    # the sandbox is another currency.
     assert adjust(gw, MIDAS_APPID, OPENID, "1", {"amount": "-30", "ref": "s2"})[1]["balance"] == (
-        "70"
+        "80"
     )
     assert account(gw, MIDAS_APPID, OPENID, "1")[1]["paid"] == 70
     sandbox = account(gw, MIDAS_APPID, OPENID, "sandbox-1")[1]
     assert (sandbox["balance"], sandbox["first_save"]) == ("0", 1), sandbox  # untouched
+
+
+def test_adjust_midas_answers_paid_plus_gifted_as_get_account_does(gw: AsgiGateway) -> None:
+    """The adjustment moves the paid part only; its answer, its replay and its stored outcome
+    report the balance as GET account does: paid plus gifted, as it was at the time."""
+    body = {"tenant": MIDAS_APPID, "player": OPENID, "currency": "1", "token": "h1"}
+    assert session(gw, {**body, "session_key": SESSION_KEY})[0] == 201
+    save = {"amount": "100", "ref": "s1", "kind": "save"}
+    assert adjust(gw, MIDAS_APPID, OPENID, "1", save) == (200, {"balance": "100", "ref": "s1"})
+    assert midas_call(gw, MIDAS_PATHS[3], bill_no="P1", present_counts=50)["errcode"] == 0
+    credit = {"amount": "10", "ref": "a1"}
+    assert adjust(gw, MIDAS_APPID, OPENID, "1", credit) == (200, {"balance": "160", "ref": "a1"})
+    got = account(gw, MIDAS_APPID, OPENID, "1")[1]
+    assert (got["balance"], got["paid"], got["gen_balance"]) == ("160", 110, 50), got
+    assert midas_call(gw, MIDAS_PATHS[3], bill_no="P2", present_counts=5)["errcode"] == 0
+    assert adjust(gw, MIDAS_APPID, OPENID, "1", credit) == (200, {"balance": "160", "ref": "a1"})
+    status, outcome = transaction(gw, MIDAS_APPID, "admin:a1", OPENID)
+    assert status == 200, outcome
+    assert (outcome["delta"], outcome["balance_after"]) == ("10", "160"), outcome
+    assert outcome["response"] == {"balance": "160", "ref": "a1"}
+    # A debit beyond the paid part is refused, although paid plus gifted would cover it.
+    status, payload = adjust(gw, MIDAS_APPID, OPENID, "1", {"amount": "-111", "ref": "a2"})
+    assert status == 409 and error("insufficient_funds")(payload), payload
+    status, outcome = transaction(gw, MIDAS_APPID, "admin:a2", OPENID)
+    assert (outcome["delta"], outcome["balance_after"]) == ("0", "165"), outcome
 
 
 def test_get_account_midas_balance_past_int64_is_exact(gw: AsgiGateway) -> None:

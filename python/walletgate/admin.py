@@ -174,7 +174,11 @@ def admin_routes(
         if result.rejected:
             # Stored: the same ref and fingerprint answer this again, whatever the balance is.
             return error(409, INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS_DETAIL)
-        return json_response({"balance": _native.format_units(result.balance_units), "ref": ref})
+        balance_units = result.balance_units
+        if info.family == "midas":
+            # The paid part plus the gifted one, as GET account answers (it may pass int64).
+            balance_units += result.gen_units
+        return json_response({"balance": _format_sum_units(balance_units), "ref": ref})
 
     async def get_account(request: Request) -> Response:
         if not authorized(request):

@@ -17,11 +17,14 @@ UNSTORED_OUTCOMES = frozenset({"conflict", "overflow"})
 
 @dataclass(frozen=True, slots=True)
 class AdjustResult:
-    """``rejected``: the outcome is a stored rejection (insufficient funds), new or replayed."""
+    """``rejected``: the outcome is a stored rejection (insufficient funds), new or replayed.
+    ``balance_units`` is the paid part of a Midas account and ``gen_units`` its gifted part
+    (0 for the other families): the balance a Midas caller sees is their sum."""
 
     outcome: AdjustOutcome
     balance_units: int
     rejected: bool = False
+    gen_units: int = 0
 
 
 async def _claim(ledger: Ledger, tenant: str, ref: str, fp: str, action: ClaimAction) -> str:
@@ -85,4 +88,5 @@ async def adjust(
         outcome=outcome,  # type: ignore[arg-type]
         balance_units=int(as_str(reply[1])),
         rejected=as_str(reply[3]) == "rejected",
+        gen_units=int(as_str(reply[4])),
     )
