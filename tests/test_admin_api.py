@@ -498,6 +498,10 @@ def test_get_account_404s(gw: AsgiGateway) -> None:
         (MINIGAME_APP_ID, PLAYER, "eur", "unknown_currency"),
         (MINIGAME_APP_ID, "never-seen", "usdt", None),
         (TRANSFER_APPID, PLAYER, "usdt", None),  # the same player id at another tenant
+        # A malformed player id names no account: GET's only error is 404.
+        (MINIGAME_APP_ID, "a{b", "usdt", "unknown_account"),
+        (MINIGAME_APP_ID, "a:b", "usdt", "unknown_account"),
+        (MINIGAME_APP_ID, "a}b", "usdt", "unknown_account"),
     ):
         status, payload = account(gw, tenant, player, currency)
         assert status == 404, (tenant, player, currency, payload)

@@ -100,13 +100,19 @@ def admin_routes(
         scheme, _, presented = header.partition(" ")
         return scheme.lower() == "bearer" and _native.constant_time_eq(presented.encode(), token)
 
-    def resolve(request: Request) -> tuple[str, str, str, TenantInfo] | Response:
+    def resolve(
+        request: Request, *, read: bool = False
+    ) -> tuple[str, str, str, TenantInfo] | Response:
+        """The account a path names. ``read``: a malformed player id names no account, which
+        GET answers with its only error, 404 (an adjustment refuses it as bad input, 400)."""
         tenant = request.path_params["tenant"]
         player = request.path_params["player"]
         info = tenants.get(tenant)
         if info is None:
             return error(404, "unknown_tenant", "no such tenant")
         if not keys.valid_identifier(player):
+            if read:
+                return error(404, "unknown_account", "no such account")
             return error(400, "invalid_player", "player id is malformed")
         currency = info.currency(request.path_params["currency"])
         if currency is None:
@@ -183,7 +189,7 @@ def admin_routes(
     async def get_account(request: Request) -> Response:
         if not authorized(request):
             return Response(status_code=401)
-        resolved = resolve(request)
+        resolved = resolve(request, read=True)
         if isinstance(resolved, Response):
             return resolved
         tenant, player, currency, info = resolved

@@ -771,7 +771,7 @@ ADMIN_PATHS: Final[dict[str, Any]] = {
             "parameters": TENANT_PARAMETERS,
             "responses": {
                 "200": _json_answer(_ref("AdminAccount"), "The account."),
-                **_admin_errors("400", "404", "503"),
+                **_admin_errors("404", "503"),
             },
         }
     },
