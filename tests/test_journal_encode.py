@@ -135,7 +135,7 @@ def test_records_of_the_real_scripts(redis_url: str, monkeypatch: pytest.MonkeyP
                 player=player,
                 currency="usdt",
                 amount_units=10**9,
-                ref="fund",
+                ref="fund-" + player,  # a ref is the tenant's: one per player
                 kind="adjust",
             )
         orders = [
