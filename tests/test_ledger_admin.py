@@ -8,6 +8,7 @@ import redis
 from ledger_helpers import make_ledger
 from walletgate.ledger import core, keys, transfer
 from walletgate.ledger.admin import adjust
+from walletgate.ledger.core import Ledger
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -210,22 +211,29 @@ def test_adjustments_and_protocol_keys_named_admin_never_collide(redis_url: str)
         client.close()
 
 
+async def adjust_outcome(
+    ledger: Ledger, tenant: str, player: str, ref: str, amount_units: int
+) -> str:
+    """The outcome of a plain adjustment in usd."""
+    result = await adjust(
+        ledger,
+        tenant=tenant,
+        player=player,
+        currency="usd",
+        amount_units=amount_units,
+        ref=ref,
+        kind="adjust",
+    )
+    return result.outcome
+
+
 def test_a_ref_is_the_tenants_not_the_players(redis_url: str) -> None:
     """The idempotency key is (tenant, ref) and the player is part of the fingerprint: the
     same ref for a second player of the tenant is a conflict and moves nothing, while another
     tenant may use it. A claim left by a failure before admin_adjust ran is the retry's own."""
 
     async def credit(tenant: str, player: str, ref: str, amount_units: int = 10_000) -> str:
-        result = await adjust(
-            ledger,
-            tenant=tenant,
-            player=player,
-            currency="usd",
-            amount_units=amount_units,
-            ref=ref,
-            kind="adjust",
-        )
-        return result.outcome
+        return await adjust_outcome(ledger, tenant, player, ref, amount_units)
 
     async def scenario() -> None:
         nonlocal ledger
@@ -262,16 +270,7 @@ def test_a_claim_never_outlives_an_unstored_outcome(redis_url: str) -> None:
     an adjustment stored before claims existed keeps its ref for its own fingerprint."""
 
     async def credit(ref: str, amount_units: int) -> str:
-        result = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=amount_units,
-            ref=ref,
-            kind="adjust",
-        )
-        return result.outcome
+        return await adjust_outcome(ledger, "t1", "p1", ref, amount_units)
 
     async def scenario() -> None:
         nonlocal ledger
