@@ -7,7 +7,7 @@ import redis
 
 from ledger_helpers import make_ledger
 from walletgate.ledger import core, keys, transfer
-from walletgate.ledger.admin import adjust
+from walletgate.ledger.admin import AdjustResult, adjust
 from walletgate.ledger.core import Ledger
 
 
@@ -15,89 +15,40 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+async def usd_adjust(
+    ledger: Ledger, tenant: str, player: str, ref: str, amount_units: int
+) -> AdjustResult:
+    """A plain adjustment in usd."""
+    return await adjust(
+        ledger,
+        tenant=tenant,
+        player=player,
+        currency="usd",
+        amount_units=amount_units,
+        ref=ref,
+        kind="adjust",
+    )
+
+
 def test_adjust_credit_replay_conflict_and_debit(redis_url: str) -> None:
     async def scenario() -> None:
         ledger = make_ledger(redis_url)
-        first = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=1_000_000,
-            ref="r1",
-            kind="adjust",
-        )
+        first = await usd_adjust(ledger, "t1", "p1", "r1", 1_000_000)
         assert (first.outcome, first.balance_units) == ("applied", 1_000_000)
-        second = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=500,
-            ref="r2",
-            kind="adjust",
-        )
+        second = await usd_adjust(ledger, "t1", "p1", "r2", 500)
         assert second.balance_units == 1_000_500
-        replay = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=1_000_000,
-            ref="r1",
-            kind="adjust",
-        )
+        replay = await usd_adjust(ledger, "t1", "p1", "r1", 1_000_000)
         assert (replay.outcome, replay.balance_units) == ("replay", 1_000_000)
-        conflict = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=7,
-            ref="r1",
-            kind="adjust",
-        )
+        conflict = await usd_adjust(ledger, "t1", "p1", "r1", 7)
         assert conflict.outcome == "conflict"
-        too_much = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=-2_000_000,
-            ref="r3",
-            kind="adjust",
-        )
+        too_much = await usd_adjust(ledger, "t1", "p1", "r3", -2_000_000)
         assert (too_much.outcome, too_much.balance_units) == ("insufficient", 1_000_500)
         assert too_much.rejected and not replay.rejected
         # The rejection is stored: once the balance covers the debit, the ref still answers it.
-        await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=5_000_000,
-            ref="r4",
-            kind="adjust",
-        )
-        again = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=-2_000_000,
-            ref="r3",
-            kind="adjust",
-        )
+        await usd_adjust(ledger, "t1", "p1", "r4", 5_000_000)
+        again = await usd_adjust(ledger, "t1", "p1", "r3", -2_000_000)
         assert (again.outcome, again.balance_units, again.rejected) == ("replay", 1_000_500, True)
-        other = await adjust(
-            ledger,
-            tenant="t1",
-            player="p1",
-            currency="usd",
-            amount_units=-1,
-            ref="r3",
-            kind="adjust",
-        )
+        other = await usd_adjust(ledger, "t1", "p1", "r3", -1)
         assert other.outcome == "conflict"
         await ledger.runner.close()
 
@@ -211,29 +162,13 @@ def test_adjustments_and_protocol_keys_named_admin_never_collide(redis_url: str)
         client.close()
 
 
-async def adjust_outcome(
-    ledger: Ledger, tenant: str, player: str, ref: str, amount_units: int
-) -> str:
-    """The outcome of a plain adjustment in usd."""
-    result = await adjust(
-        ledger,
-        tenant=tenant,
-        player=player,
-        currency="usd",
-        amount_units=amount_units,
-        ref=ref,
-        kind="adjust",
-    )
-    return result.outcome
-
-
 def test_a_ref_is_the_tenants_not_the_players(redis_url: str) -> None:
     """The idempotency key is (tenant, ref) and the player is part of the fingerprint: the
     same ref for a second player of the tenant is a conflict and moves nothing, while another
     tenant may use it. A claim left by a failure before admin_adjust ran is the retry's own."""
 
     async def credit(tenant: str, player: str, ref: str, amount_units: int = 10_000) -> str:
-        return await adjust_outcome(ledger, tenant, player, ref, amount_units)
+        return (await usd_adjust(ledger, tenant, player, ref, amount_units)).outcome
 
     async def scenario() -> None:
         nonlocal ledger
@@ -270,7 +205,7 @@ def test_a_claim_never_outlives_an_unstored_outcome(redis_url: str) -> None:
     an adjustment stored before claims existed keeps its ref for its own fingerprint."""
 
     async def credit(ref: str, amount_units: int) -> str:
-        return await adjust_outcome(ledger, "t1", "p1", ref, amount_units)
+        return (await usd_adjust(ledger, "t1", "p1", ref, amount_units)).outcome
 
     async def scenario() -> None:
         nonlocal ledger
