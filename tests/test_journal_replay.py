@@ -72,7 +72,7 @@ def populate(
 
 
 def snapshot(url: str, *, cluster: bool = False) -> dict[str, tuple[dict[str, str], int]]:
-    """Every player key (hash fields and TTL in seconds) and key-map entry."""
+    """Every player key (hash fields and TTL in seconds), key-map entry and adjustment claim."""
     client: Any = (
         redis.RedisCluster.from_url(url, decode_responses=True)
         if cluster
@@ -85,6 +85,8 @@ def snapshot(url: str, *, cluster: bool = False) -> dict[str, tuple[dict[str, st
             state[name] = (client.hgetall(name), client.ttl(name))
         elif name.startswith("wg:{keymap:"):
             state[name] = ({"player": client.get(name)}, client.ttl(name))
+        elif name.startswith("wg:{adm:"):
+            state[name] = ({"fp": client.get(name)}, client.ttl(name))
     client.close()
     return state
 
@@ -212,8 +214,20 @@ def test_rebuild_restores_every_balance_seq_and_idempotent_answer(
             )
             assert (result.outcome, result.balance_units) == ("replay", balance), ref
             assert result.rejected == (outcome == "insufficient"), ref
+        # A restored claim keeps each ref its first player's: another player's use conflicts.
+        tenant, player, currency, amount, ref, kind = operations[0]
+        assert outcomes[ref][0] in JOURNALED_OUTCOMES
+        stranger = await adjust(
+            ledger,
+            tenant=tenant,
+            player=player + "-other",
+            currency=currency,
+            amount_units=amount,
+            ref=ref,
+            kind=kind,
+        )
+        assert stranger.outcome == "conflict"
         # A new operation continues each account's seq.
-        tenant, player, currency = operations[0][:3]
         seq_before = int(client.hget(f"wg:{{{tenant}:{player}}}:acct", f"seq:{currency}") or 0)
         await adjust(
             ledger,

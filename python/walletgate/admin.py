@@ -34,7 +34,6 @@ logger = logging.getLogger("walletgate")
 DEFAULT_SESSION_TTL_S = 604_800
 MAX_SESSION_TTL_S = 10 * 365 * 86_400
 MAX_REF_CHARS = 128
-ADMIN_KEY_PREFIX = "admin:"
 MIDAS_EXTRA_FIELDS = ("save_amt", "save_sum", "cost_sum", "present_sum")
 INSUFFICIENT_FUNDS = "insufficient_funds"
 INSUFFICIENT_FUNDS_DETAIL = "balance is lower than the debit"
@@ -284,11 +283,11 @@ def admin_routes(
                 return error(404, "unknown_transaction", "no such transaction")
             record_key = keys.transaction_key(tenant, player, key)
             raw = {}
-            if key.startswith(ADMIN_KEY_PREFIX):
+            if key.startswith(keys.ADMIN_KEY_PREFIX):
                 # An adjustment first; then tx:, which holds adjustments made before they had
                 # keys of their own, or a protocol request whose key happens to be admin:….
                 admin_key = keys.admin_record_key(
-                    tenant, player, key.removeprefix(ADMIN_KEY_PREFIX)
+                    tenant, player, key.removeprefix(keys.ADMIN_KEY_PREFIX)
                 )
                 raw = await admin_client.hgetall(admin_key)
                 if raw:
@@ -380,7 +379,7 @@ def _render(key: str, record: dict[str, str], renderer: Renderer | None) -> Any:
         # Midas account the balance is paid plus gifted ("gbal" is absent elsewhere).
         return {
             "balance": _format_sum_units(_units(record, "bal") + _units(record, "gbal")),
-            "ref": key.removeprefix(ADMIN_KEY_PREFIX),
+            "ref": key.removeprefix(keys.ADMIN_KEY_PREFIX),
         }
     try:
         return renderer(record)

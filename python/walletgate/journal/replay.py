@@ -862,6 +862,34 @@ def merge_keymap(
         into[(tenant, transaction_key)] = (first_player, max(expire_at_s, known[1]), first_seen_us)
 
 
+# (tenant, ref) -> (fingerprint, expire at in unix s, first use in unix us)
+GlobalClaims = dict[tuple[str, str], tuple[str, int, int]]
+
+
+def merge_claims(
+    into: GlobalClaims, tenant: str, records: Iterable[JournalRecord], ttl_s: int
+) -> None:
+    """The tenant-wide claims on admin adjustment refs (``admin_claim.lua``). A claim is no
+    account state, so no record's fx carries it: the first journaled adjustment of a ref owns
+    it, for that record's retention, as the claim it made did."""
+    for record in records:
+        if record.protocol != "admin" or not record.key.startswith(keys.ADMIN_KEY_PREFIX):
+            continue
+        ref = record.key.removeprefix(keys.ADMIN_KEY_PREFIX)
+        known = into.get((tenant, ref))
+        if known is None or record.ts_us < known[2]:
+            expire_at_s = record.ts_us // 1_000_000 + (max_ttl_s(record.fx) or ttl_s)
+            into[(tenant, ref)] = (record.fp, expire_at_s, record.ts_us)
+
+
+def claim_restore_items(claims: GlobalClaims, now_us: int) -> list[RestoreItem]:
+    return [
+        (keys.admin_claim_key(tenant, ref), "map", fp, str(expire_at_s))
+        for (tenant, ref), (fp, expire_at_s, _) in claims.items()
+        if expire_at_s * 1_000_000 > now_us
+    ]
+
+
 def keymap_restore_items(keymap: GlobalKeymap, now_us: int) -> list[RestoreItem]:
     return [
         (keymap_key(tenant, transaction_key), "map", player, str(expire_at_s))
@@ -973,6 +1001,7 @@ async def rebuild(
             now_us = time.time_ns() // 1000
             pending: list[RestoreItem] = []
             global_keymap: GlobalKeymap = {}
+            global_claims: GlobalClaims = {}
             for records in collected.partitions:
                 for (tenant, player), currencies in group_by_player(records).items():
                     ordered: dict[str, list[JournalRecord]] = {}
@@ -991,13 +1020,17 @@ async def rebuild(
                         account_state.fields[f"seq:{currency}"] = str(last_seq)
                     restored_accounts += len(last_seqs)
                     merge_keymap(global_keymap, tenant, keymap)
+                    for chain in ordered.values():
+                        merge_claims(global_claims, tenant, chain, config.idempotency.ttl_s)
                     pending.extend(player_restore_items(tenant, player, states, now_us))
                     if len(pending) >= RESTORE_CHUNK_ITEMS:
                         await run_per_node(client, RESTORE_LUA, pending)
                         pending = []
-            # The key map is restored last, from every partition at once, so that a key used
-            # by two players goes to the one who used it first (memory: one entry per key).
+            # The key map and the adjustment claims are restored last, from every partition at
+            # once, so that a key used by two players goes to the one who used it first
+            # (memory: one entry per key or ref).
             pending.extend(keymap_restore_items(global_keymap, now_us))
+            pending.extend(claim_restore_items(global_claims, now_us))
             for start in range(0, len(pending), RESTORE_CHUNK_ITEMS):
                 chunk = pending[start : start + RESTORE_CHUNK_ITEMS]
                 await run_per_node(client, RESTORE_LUA, chunk)

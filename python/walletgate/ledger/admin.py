@@ -56,7 +56,7 @@ async def adjust(
     """
     assert amount_units != 0, "a zero adjustment is rejected before the ledger"
     assert kind == "adjust" or amount_units > 0, "save only credits"
-    key = "admin:" + ref
+    key = keys.ADMIN_KEY_PREFIX + ref
     fp = fingerprint(player, currency, str(amount_units), kind)
     if await _claim(ledger, tenant, ref, fp, "claim") == "conflict":
         return AdjustResult(outcome="conflict", balance_units=0)

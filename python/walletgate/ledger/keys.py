@@ -13,6 +13,8 @@ from redis.crc import key_slot
 CLUSTER_SLOTS = 16384
 KEY_PREFIX = "wg:"
 MAX_ID_CHARS = 128
+# An admin adjustment's transaction key (in the journal and the key map) is this plus its ref.
+ADMIN_KEY_PREFIX = "admin:"
 
 
 def valid_identifier(value: str) -> bool:
