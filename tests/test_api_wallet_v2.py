@@ -198,8 +198,7 @@ def test_seed_cancel_example_unknown_id_gets_result_1_and_tombstone(
         assert strip_time(late_win) == err("CANCELLED", "transaction cancelled", 100_000)
 
     run(tmp_path, redis_url, scenario)
-    kinds = ["adjust", "tombstone", "reject", "reject", "tombstone", "reject"]
-    assert journal_kinds(redis_url) == kinds
+    assert journal_kinds(redis_url) == ["adjust", "tombstone", "reject", "tombstone", "reject"]
 
 
 def test_seed_round_sample_and_inconsistencies_3_and_4(tmp_path: Path, redis_url: str) -> None:

@@ -744,7 +744,6 @@ def test_wallet_v2_win_settles_cancel_refunds_and_tombstones(backend: Backend) -
         "cancel",
         "tombstone",
         "reject",
-        "reject",
         "tombstone",
         "reject",
     ]

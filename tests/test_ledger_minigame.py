@@ -287,6 +287,9 @@ def test_a_tombstone_stays_one_after_the_first_request_that_hits_it(redis_url: s
         assert (other.status, other.code, other.msg) == ("rejected", 10010, "order cancelled")
         payout = await change(ledger, "b1", 3, 5_000, session_id="r1")
         assert (payout.status, payout.code) == ("rejected", 10010)
+        # The first request's stored answer survives the others: its retry is a replay.
+        first_again = await change(ledger, "b1", 1, -30_000, bet=30_000)
+        assert (first_again.status, first_again.code) == ("replay", 10010)
         # b2: first hit by a payout, then the platform sends the cancel again with a new id.
         payout = await change(ledger, "b2", 3, 5_000, session_id="r2")
         assert (payout.status, payout.code) == ("rejected", 10010)
@@ -294,18 +297,21 @@ def test_a_tombstone_stays_one_after_the_first_request_that_hits_it(redis_url: s
         assert (again.status, again.code, again.effect) == ("applied", 1, "noop")
         late = await change(ledger, "b2", 1, -30_000, bet=30_000)
         assert (late.status, late.code) == ("rejected", 10010)
-        retry = await change(ledger, "b2", 1, -30_000, bet=30_000)
+        retry = await change(ledger, "b2", 3, 5_000, session_id="r2")
         assert (retry.status, retry.code) == ("replay", 10010)
 
     run(scenario, redis_url)
     assert balance(redis_url) == 100_000
-    for bet_id, cancel_id in (("b1", "c1"), ("b2", "c2")):
+    for bet_id, cancel_id, first_type in (("b1", "c1", "1"), ("b2", "c2", "3")):
         record = tx(redis_url, bet_id)
-        assert (record["op"], record["cancelled_by"], record["code"]) == (
+        assert (record["op"], record["cancelled_by"], record["code"], record["type"]) == (
             "tombstone",
             cancel_id,
             "10010",
+            first_type,
         )
+    # Only the first request on each tombstone stored (and journaled) its rejection.
+    assert [r["kind"] for r in journal(redis_url)].count("reject") == 2
 
 
 def test_cancel_of_settled_bet_is_rejected_and_stored(redis_url: str) -> None:

@@ -22,8 +22,8 @@ from walletgate.ledger.sessions import SessionInfo, lookup_session
 PROTOCOL = "wallet_v2"
 SUCCESS_CODE = "1"
 
-Outcome = Literal["stored", "replay", "conflict", "unknown", "overflow", "win"]
-_OUTCOMES = frozenset({"stored", "replay", "conflict", "unknown", "overflow", "win"})
+Outcome = Literal["stored", "replay", "conflict", "cancelled", "unknown", "overflow", "win"]
+_OUTCOMES = frozenset({"stored", "replay", "conflict", "cancelled", "unknown", "overflow", "win"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,10 @@ class WalletResult:
 
     ``outcome``: ``stored`` (a new stored outcome, ``code`` "1" or a stored rejection),
     ``replay`` (the stored ``code``, ``balance_units`` and ``created_us``), ``conflict`` (the key
-    holds another fingerprint), ``unknown`` (no account), ``overflow`` (the balance would leave
-    int64; nothing written) or ``win`` (a cancel whose target is a win; nothing written).
+    holds another fingerprint), ``cancelled`` (the key holds the stored ``CANCELLED`` of another
+    request on a tombstone: refused the same way, nothing written), ``unknown`` (no account),
+    ``overflow`` (the balance would leave int64; nothing written) or ``win`` (a cancel whose
+    target is a win; nothing written).
     ``balance_units`` is the current balance for the outcomes that write nothing.
     ``kind`` is the journal kind written (``bet``, ``win``, ``close``, ``cancel``, ``tombstone``,
     ``reject``) or ``""``.

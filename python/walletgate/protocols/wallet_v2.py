@@ -342,6 +342,8 @@ class WalletV2Handler:
         if outcome == "conflict":
             self.metrics.inc("idempotency_conflicts_total", LABELS)
             return error_body("DUPLICATE_ID", result.balance_units, _now_text())
+        if outcome == "cancelled":
+            return error_body("CANCELLED", result.balance_units, _now_text())
         if outcome == "win":
             return error_body("BAD_REQUEST", result.balance_units, _now_text(), "id")
         if outcome == "overflow":

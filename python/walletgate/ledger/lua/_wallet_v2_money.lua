@@ -24,18 +24,24 @@ local function v2_stored()
   return redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'created_us', 'tombstoned')
 end
 
--- Whether the key refuses this request as cancelled: it holds a tombstone, or the stored
--- CANCELLED rejection of an earlier request on the tombstone (marked "tombstoned"), which
--- still counts as one for any other request; the earlier request itself gets its replay.
-local function v2_on_tombstone(stored)
-  return stored[2] == 'tombstone' or (stored[6] and stored[1] ~= fp)
+-- Whether the key holds the stored CANCELLED rejection of another request on a tombstone
+-- (marked "tombstoned"): it still counts as a tombstone for this request, while the earlier
+-- request keeps its replay.
+local function v2_refused_as_cancelled(stored)
+  return stored[6] and stored[1] ~= fp
 end
 
 -- The answer when nothing is to be done: a replay of the stored outcome, a conflict (another
--- fingerprint holds the key) or an unknown account; nil when the request must be applied (a
--- request on a tombstone is applied too: the body stores its CANCELLED rejection).
+-- fingerprint holds the key), "cancelled" (v2_refused_as_cancelled) or an unknown account; nil
+-- when the request must be applied (the first request on a tombstone is applied too: the body
+-- stores its CANCELLED rejection).
 local function v2_answer_stored(stored)
-  if stored[1] and not v2_on_tombstone(stored) then
+  if v2_refused_as_cancelled(stored) then
+    -- Refused as the earlier request was, and nothing written, so its record (and replay)
+    -- stays as it is.
+    return {'cancelled', 'CANCELLED', wg_get(account_key, balance_field), '0', ''}
+  end
+  if stored[1] and stored[2] ~= 'tombstone' then
     if stored[1] ~= fp then
       return {'conflict', 'DUPLICATE_ID', wg_get(account_key, balance_field), '0', ''}
     end
@@ -61,9 +67,10 @@ local function v2_store(op, state, code, delta, balance, seq, now_us, extra)
   wg_hset_many(tx_key, fields, retention_s)
 end
 
--- Refuse a request on a tombstone (v2_on_tombstone) with a stored CANCELLED. The record keeps
--- op "tombstone" and the tombstone's cancelled_by, and "tombstoned" marks it, so the key still
--- refuses any other request, and still reads as cancelled to a cancel that names it.
+-- Refuse the first request on a tombstone with a stored CANCELLED. The record keeps op
+-- "tombstone" and the tombstone's cancelled_by, and "tombstoned" marks it, so the key still
+-- refuses any other request (v2_refused_as_cancelled), and still reads as cancelled to a
+-- cancel that names it.
 local function v2_reject_cancelled()
   local balance = wg_get(account_key, balance_field)
   local seq = wg_next_seq(currency)

@@ -17,7 +17,8 @@
 --   "applied"  code "1"; a = effect (debit|credit|refund|noop|tombstone), b = "1" when a cancel's
 --              amount differs from the refunded debit, c = award items naming no applied bet,
 --              d = award items naming a bet already awarded
---   "rejected" a business rejection stored now: code "10001" or "10010"
+--   "rejected" a business rejection stored now: code "10001" or "10010" (not stored when the
+--              key already holds the stored rejection of another request on a tombstone)
 --   "replay"   the stored code, balance and msg; a = "1" when this replay closed the round,
 --              b = the stored type
 --   "conflict" order_id reused with another fingerprint (nothing written)
@@ -175,10 +176,11 @@ local function reject(code, msg)
   return {'rejected', code, balance, msg}
 end
 
--- A request on a tombstoned order_id is refused for good. Its rejection is stored (a retry
--- replays it), but the record stays a tombstone for everything else: it keeps op "tombstone"
--- and its cancelled_by, and "tombstoned" marks it, so another request on the key gets 10010
--- too (not 10005), and a cancel naming it finds a tombstone (code 1, nothing to refund).
+-- A request on a tombstoned order_id is refused for good. The first one's rejection is stored
+-- (its retry replays it), but the record stays a tombstone for everything else: it keeps op
+-- "tombstone" and its cancelled_by, and "tombstoned" marks it, so another request on the key
+-- gets 10010 too (not 10005), and a cancel naming it finds a tombstone (code 1, nothing to
+-- refund).
 local function reject_on_tombstone()
   local balance, seq = mg_move(currency, '0')
   op = 'tombstone'
@@ -193,8 +195,14 @@ end
 if redis.call('HGET', tx_key, 'state') then
   local stored = redis.call('HMGET', tx_key, 'fp', 'state', 'code', 'bal', 'msg', 'type',
     'currency', 'tombstoned')
-  if stored[2] == 'tombstone' or (stored[8] and stored[1] ~= fp) then
+  if stored[2] == 'tombstone' then
     return reject_on_tombstone()
+  end
+  if stored[8] and stored[1] ~= fp then
+    -- The key holds the stored rejection of the first request on the tombstone: another request
+    -- is refused as that one was, and the record stays as it is, so that request's retry still
+    -- gets its replay. Nothing is written.
+    return {'rejected', '10010', account[1] or '0', 'order cancelled'}
   end
   if stored[1] ~= fp then
     return {'conflict', '0', '0', ''}

@@ -12,8 +12,10 @@
 --   outcome "stored": a new stored outcome, code "1" (debited), "INSUFFICIENT_FUNDS" or
 --     "CANCELLED" (the key holds a tombstone); kind is the journal kind written ("bet" or
 --     "reject") | "replay": code, balance_units and created_us of the stored outcome |
---     "conflict": the key holds another fingerprint (balance_units is the current balance) |
---     "unknown": the player's account does not exist. Nothing is written unless "stored".
+--     "cancelled": the key holds the stored CANCELLED of another request on a tombstone
+--     (current balance) | "conflict": the key holds another fingerprint (balance_units is the
+--     current balance) | "unknown": the player's account does not exist. Nothing is written
+--     unless "stored".
 --
 -- Tx record (hash, TTL = retention): fp, state (applied|rejected), code, op "bet", protocol,
 -- player, currency, delta, bal, seq, created_us, id, round, amount, and later settled_by (the
@@ -33,7 +35,7 @@ local function store(state, code, delta, balance, seq, now_us)
   v2_store('bet', state, code, delta, balance, seq, now_us)
 end
 
-if v2_on_tombstone(stored) then
+if stored[2] == 'tombstone' then
   -- A cancel arrived first: the bet is refused for good.
   return v2_reject_cancelled()
 end

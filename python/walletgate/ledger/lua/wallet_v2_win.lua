@@ -12,10 +12,11 @@
 -- Returns: {outcome, code, balance_units, created_us, kind}
 --   outcome "stored": code "1" (credited; kind "win", or "close" for a zero win that closes a
 --     round) or "CANCELLED" (the key holds a tombstone; kind "reject") | "replay": the stored
---     code, balance_units and created_us | "conflict": another fingerprint holds the key
---     (current balance) | "unknown": the player's account does not exist | "overflow": the
---     balance would leave int64 (current balance; nothing written). A win is never refused for
---     balance reasons.
+--     code, balance_units and created_us | "cancelled": the key holds the stored CANCELLED of
+--     another request on a tombstone (current balance) | "conflict": another fingerprint holds
+--     the key (current balance) | "unknown": the player's account does not exist | "overflow":
+--     the balance would leave int64 (current balance; nothing written). A win is never refused
+--     for balance reasons.
 --
 -- Settling: the round hash gets settled_by (the first settling win) and every "bet:<id>" field
 -- still "open" becomes "settled"; that bet's record (wg:{T:P}:tx:<currency>:<id>, same hash
@@ -33,7 +34,7 @@ local function store(state, code, delta, balance, seq, now_us)
   v2_store('win', state, code, delta, balance, seq, now_us)
 end
 
-if v2_on_tombstone(stored) then
+if stored[2] == 'tombstone' then
   return v2_reject_cancelled()
 end
 
