@@ -86,7 +86,8 @@ def snapshot(url: str, *, cluster: bool = False) -> dict[str, tuple[dict[str, st
         elif name.startswith("wg:{keymap:"):
             state[name] = ({"player": client.get(name)}, client.ttl(name))
         elif name.startswith("wg:{adm:"):
-            state[name] = ({"fp": client.get(name)}, client.ttl(name))
+            # A live claim also holds the token of the call that took it; a rebuilt one not.
+            state[name] = ({"fp": client.get(name).split(" ")[0]}, client.ttl(name))
     client.close()
     return state
 

@@ -126,7 +126,8 @@ def plan_operations(count: int, *, seed: int, players: int = 12) -> list[Operati
 async def apply_operations(
     ledger: Ledger, operations: list[Operation], concurrency: int = 64
 ) -> dict[str, tuple[str, int]]:
-    """Apply in parallel; returns ref -> (outcome, balance_units)."""
+    """Apply in parallel; returns ref -> (outcome, balance_units), where the outcome is
+    "unknown" for a debit that found no account (nothing stored)."""
     semaphore = asyncio.Semaphore(concurrency)
     outcomes: dict[str, tuple[str, int]] = {}
 
@@ -142,7 +143,9 @@ async def apply_operations(
                 ref=ref,
                 kind=kind,
             )
-        outcomes[ref] = (result.outcome, result.balance_units)
+        # A debit of an account that does not exist yet stores nothing, as an unknown player.
+        stored = result.outcome != "insufficient" or result.rejected
+        outcomes[ref] = (result.outcome if stored else "unknown", result.balance_units)
 
     await asyncio.gather(*(one(operation) for operation in operations))
     return outcomes

@@ -6,7 +6,8 @@ from typing import Any
 import redis
 
 from ledger_helpers import make_ledger
-from walletgate.ledger import core, keys, transfer
+from walletgate.journal import replay
+from walletgate.ledger import admin, core, keys, transfer
 from walletgate.ledger.admin import AdjustResult, adjust
 from walletgate.ledger.core import Ledger
 
@@ -229,3 +230,66 @@ def test_a_claim_never_outlives_an_unstored_outcome(redis_url: str) -> None:
         assert client.hget(keys.account_key("t1", "p1"), "bal:usd") == str(2**63 - 2)
     finally:
         client.close()
+
+
+def test_a_late_release_never_drops_a_claim_an_identical_call_took_over(redis_url: str) -> None:
+    """Call 1 overflows and releases its claim late, after an identical call 2 took the claim
+    over (and may have applied): the claim stays, so another player's use is still refused."""
+    fp = core.fingerprint("pA", "usd", "100", "adjust")
+
+    async def scenario() -> None:
+        ledger = make_ledger(redis_url)
+        assert await admin._claim(ledger, "t1", "r1", fp, "call1", "claim") == "claimed"
+        assert await admin._claim(ledger, "t1", "r1", fp, "call2", "claim") == "owned"
+        assert await admin._claim(ledger, "t1", "r1", fp, "call1", "release") == "kept"
+        assert (await usd_adjust(ledger, "t1", "pA", "r1", 100)).outcome == "applied"
+        assert (await usd_adjust(ledger, "t1", "pB", "r1", 100)).outcome == "conflict"
+        # The call that holds the claim may release it (its outcome stored nothing).
+        assert await admin._claim(ledger, "t1", "r2", fp, "call3", "claim") == "claimed"
+        assert await admin._claim(ledger, "t1", "r2", fp, "call3", "release") == "released"
+        await ledger.runner.close()
+
+    run(scenario())
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    # The applying call took the claim over in turn; the late release left it alone.
+    assert client.get(keys.admin_claim_key("t1", "r1")).split(" ")[0] == fp
+    assert not client.exists(keys.account_key("t1", "pB"))
+    client.close()
+
+
+def test_a_debit_of_an_account_that_does_not_exist_stores_nothing(redis_url: str) -> None:
+    """As for an unknown player, nothing is stored: no account hash (which would make the
+    player known to every protocol), no record, no journal entry, no claim."""
+
+    async def scenario() -> None:
+        ledger = make_ledger(redis_url)
+        refused = await usd_adjust(ledger, "t1", "ghost", "d1", -500)
+        assert (refused.outcome, refused.rejected) == ("insufficient", False)
+        assert not client.exists(keys.account_key("t1", "ghost"))
+        assert not client.exists(keys.admin_claim_key("t1", "d1"))
+        assert not client.exists(keys.admin_record_key("t1", "ghost", "d1"))
+        assert (await usd_adjust(ledger, "t1", "ghost", "fund", 1_000)).outcome == "applied"
+        # Evaluated afresh once the account exists.
+        assert (await usd_adjust(ledger, "t1", "ghost", "d1", -500)).outcome == "applied"
+        await ledger.runner.close()
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run(scenario())
+        assert client.hget(keys.account_key("t1", "ghost"), "bal:usd") == "500"
+        streams = list(client.scan_iter(match="wg:{j*}:journal"))
+        kinds = [entry[1]["kind"] for stream in streams for entry in client.xrange(stream)]
+        assert sorted(kinds) == ["adjust", "adjust"]
+    finally:
+        client.close()
+
+
+def test_a_rebuilt_claim_belongs_to_the_last_owner_whose_claim_had_not_expired() -> None:
+    hour_us = 3_600 * 1_000_000
+    # A's claim expired (after an hour) before B used the ref: B owns it.
+    assert replay.claim_owner([(2 * hour_us, "B", 7_200 + 3_600), (0, "A", 3_600)]) == (
+        "B",
+        10_800,
+    )
+    # A use while A's claim was live (an adjustment stored before claims existed) owns nothing.
+    assert replay.claim_owner([(0, "A", 3_600), (hour_us // 2, "B", 5_400)]) == ("A", 3_600)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -862,32 +862,42 @@ def merge_keymap(
         into[(tenant, transaction_key)] = (first_player, max(expire_at_s, known[1]), first_seen_us)
 
 
-# (tenant, ref) -> (fingerprint, expire at in unix s, first use in unix us)
-GlobalClaims = dict[tuple[str, str], tuple[str, int, int]]
+# (tenant, ref) -> every journaled use: (time in unix us, fingerprint, expire at in unix s)
+GlobalClaims = dict[tuple[str, str], list[tuple[int, str, int]]]
 
 
 def merge_claims(
     into: GlobalClaims, tenant: str, records: Iterable[JournalRecord], ttl_s: int
 ) -> None:
-    """The tenant-wide claims on admin adjustment refs (``admin_claim.lua``). A claim is no
-    account state, so no record's fx carries it: the first journaled adjustment of a ref owns
-    it, for that record's retention, as the claim it made did."""
+    """Collect the uses of admin adjustment refs, from which the tenant-wide claims
+    (``admin_claim.lua``) are restored: a claim is no account state, so no record's fx carries
+    it. A ref has one use in the common case (a retry replays and journals nothing)."""
     for record in records:
         if record.protocol != "admin" or not record.key.startswith(keys.ADMIN_KEY_PREFIX):
             continue
         ref = record.key.removeprefix(keys.ADMIN_KEY_PREFIX)
-        known = into.get((tenant, ref))
-        if known is None or record.ts_us < known[2]:
-            expire_at_s = record.ts_us // 1_000_000 + (max_ttl_s(record.fx) or ttl_s)
-            into[(tenant, ref)] = (record.fp, expire_at_s, record.ts_us)
+        expire_at_s = record.ts_us // 1_000_000 + (max_ttl_s(record.fx) or ttl_s)
+        into.setdefault((tenant, ref), []).append((record.ts_us, record.fp, expire_at_s))
+
+
+def claim_owner(uses: Sequence[tuple[int, str, int]]) -> tuple[str, int]:
+    """The fingerprint that holds a ref's claim after its uses, and when the claim expires: a
+    use owns the ref once the previous owner's claim has expired, as admin_claim.lua decides."""
+    owner_fp, owner_expire_at_s = "", 0
+    for used_us, fp, expire_at_s in sorted(uses):
+        if not owner_fp or owner_expire_at_s * 1_000_000 <= used_us:
+            owner_fp, owner_expire_at_s = fp, expire_at_s
+    assert owner_fp, "a ref with uses has an owner"
+    return owner_fp, owner_expire_at_s
 
 
 def claim_restore_items(claims: GlobalClaims, now_us: int) -> list[RestoreItem]:
-    return [
-        (keys.admin_claim_key(tenant, ref), "map", fp, str(expire_at_s))
-        for (tenant, ref), (fp, expire_at_s, _) in claims.items()
-        if expire_at_s * 1_000_000 > now_us
-    ]
+    items: list[RestoreItem] = []
+    for (tenant, ref), uses in claims.items():
+        fp, expire_at_s = claim_owner(uses)
+        if expire_at_s * 1_000_000 > now_us:
+            items.append((keys.admin_claim_key(tenant, ref), "map", fp, str(expire_at_s)))
+    return items
 
 
 def keymap_restore_items(keymap: GlobalKeymap, now_us: int) -> list[RestoreItem]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,8 +12,6 @@ from walletgate.ledger.scripts import load_script
 
 AdjustOutcome = Literal["applied", "replay", "conflict", "insufficient", "overflow"]
 ClaimAction = Literal["claim", "release"]
-# admin_adjust outcomes that store nothing: the claim made for them is released again.
-UNSTORED_OUTCOMES = frozenset({"conflict", "overflow"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +26,14 @@ class AdjustResult:
     gen_units: int = 0
 
 
-async def _claim(ledger: Ledger, tenant: str, ref: str, fp: str, action: ClaimAction) -> str:
+async def _claim(
+    ledger: Ledger, tenant: str, ref: str, fp: str, token: str, action: ClaimAction
+) -> str:
     """Run ``admin_claim.lua`` on the tenant's claim of ``ref``; its one key routes the call."""
     reply = await ledger.runner.run(
         load_script("admin_claim"),
         [keys.admin_claim_key(tenant, ref)],
-        [fp, action, ledger.settings.idempotency_ttl_s],
+        [fp, action, token, ledger.settings.idempotency_ttl_s],
     )
     return as_str(reply[0])
 
@@ -58,7 +59,8 @@ async def adjust(
     assert kind == "adjust" or amount_units > 0, "save only credits"
     key = keys.ADMIN_KEY_PREFIX + ref
     fp = fingerprint(player, currency, str(amount_units), kind)
-    if await _claim(ledger, tenant, ref, fp, "claim") == "conflict":
+    token = secrets.token_hex(8)
+    if await _claim(ledger, tenant, ref, fp, token, "claim") == "conflict":
         return AdjustResult(outcome="conflict", balance_units=0)
     reply = await ledger.call(
         "admin_adjust",
@@ -79,11 +81,11 @@ async def adjust(
     )
     outcome = as_str(reply[0])
     assert outcome in ("applied", "replay", "conflict", "insufficient", "overflow"), outcome
-    if outcome in UNSTORED_OUTCOMES:
-        # Nothing was stored for this fingerprint (an overflow, or an adjustment of this player
-        # stored before claims existed holds the ref): the claim must not keep the ref, or a
-        # retry would not be evaluated afresh.
-        await _claim(ledger, tenant, ref, fp, "release")
+    if as_str(reply[3]) == "":
+        # Nothing is stored for this fingerprint (an overflow, a debit of an account that does
+        # not exist, or an adjustment of this player stored before claims existed holds the
+        # ref): the claim must not keep the ref, or a retry would not be evaluated afresh.
+        await _claim(ledger, tenant, ref, fp, token, "release")
     return AdjustResult(
         outcome=outcome,  # type: ignore[arg-type]
         balance_units=int(as_str(reply[1])),
