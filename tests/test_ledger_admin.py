@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from ledger_helpers import make_ledger
+from test_journal_writer import write_config_file
 from walletgate.journal import replay
-from walletgate.ledger import admin, core, keys, transfer
+from walletgate.ledger import admin, claims, core, keys, transfer
 from walletgate.ledger.admin import AdjustResult, adjust
 from walletgate.ledger.core import Ledger
 
@@ -293,3 +295,52 @@ def test_a_rebuilt_claim_belongs_to_the_last_owner_whose_claim_had_not_expired()
     )
     # A use while A's claim was live (an adjustment stored before claims existed) owns nothing.
     assert replay.claim_owner([(0, "A", 3_600), (hour_us // 2, "B", 5_400)]) == ("A", 3_600)
+
+
+def test_backfill_gives_adjustments_stored_before_claims_their_claim(
+    redis_url: str, tmp_path: Path, capsys: Any
+) -> None:
+    """After an upgrade, stored adjustments without a claim get one (the oldest use of a ref
+    owns it), existing claims stay, and a transfer tx_id named admin:<ref> is no adjustment."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    fp_b = core.fingerprint("pB", "usd", "7", "adjust")
+
+    async def before_the_upgrade() -> None:
+        ledger = make_ledger(redis_url)
+        assert (await usd_adjust(ledger, "t1", "pA", "r1", 100)).outcome == "applied"
+        assert (await usd_adjust(ledger, "t1", "pA", "kept", 100)).outcome == "applied"
+        await ledger.runner.close()
+
+    run(before_the_upgrade())
+    client.delete(keys.admin_claim_key("t1", "r1"))  # stored before claims existed
+    kept = client.get(keys.admin_claim_key("t1", "kept"))
+    # The older layout, an adjustment of pB, and a transfer whose tx_id is "admin:r3".
+    legacy = keys.transaction_key("t1", "pB", "admin:r2")
+    client.hset(legacy, mapping={"fp": fp_b, "protocol": "admin", "created_us": "1", "bal": "7"})
+    client.expire(legacy, 3_600)
+    client.hset(keys.transaction_key("t1", "pB", "admin:r3"), mapping={"fp": "x", "protocol": "t"})
+    config_path = write_config_file(tmp_path / "walletgate.toml", redis_url, tmp_path / "journal")
+    assert claims.backfill_command(str(config_path)) == 0
+    assert "2 claims written for 3 stored adjustments" in capsys.readouterr().out
+    assert client.get(keys.admin_claim_key("t1", "kept")) == kept
+    assert 3_500 < client.ttl(keys.admin_claim_key("t1", "r2")) <= 3_600
+    assert not client.exists(keys.admin_claim_key("t1", "r3"))
+
+    async def after_the_upgrade() -> None:
+        ledger = make_ledger(redis_url)
+        assert (await usd_adjust(ledger, "t1", "pC", "r1", 100)).outcome == "conflict"
+        assert (await usd_adjust(ledger, "t1", "pA", "r1", 100)).outcome == "replay"
+        assert (await usd_adjust(ledger, "t1", "pC", "r2", 7)).outcome == "conflict"
+        assert (await usd_adjust(ledger, "t1", "pC", "r3", 7)).outcome == "applied"
+        await ledger.runner.close()
+
+    run(after_the_upgrade())
+    # A second run writes nothing; a ref two players used is reported (exit 1).
+    client.hset(
+        keys.admin_record_key("t1", "pD", "r1"),
+        mapping={"fp": "y", "created_us": "5", "state": "applied"},
+    )
+    assert claims.backfill_command(str(config_path)) == 1
+    out = capsys.readouterr().out
+    assert "0 claims written" in out and "ref 'r1' of tenant t1 is used by two players" in out
+    client.close()

@@ -203,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                 help="only segments unchanged for this long (default 0)",
             )
 
+    claims_parser = commands.add_parser(
+        "backfill-claims",
+        help="once after upgrading: claims for adjustments stored before claims existed",
+    )
+    claims_parser.add_argument("--config", help="TOML config (default: $WALLETGATE_CONFIG)")
+
     arguments = parser.parse_args(argv)
     try:
         if arguments.command == "serve":
@@ -228,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 workers=arguments.workers,
                 redis_url=arguments.redis_url,
             )
+        if arguments.command == "backfill-claims":
+            from walletgate.ledger.claims import backfill_command
+
+            return backfill_command(_config_path(arguments))
         if arguments.command == "journal":
             from walletgate.journal.commands import (
                 archive_command,
