@@ -213,8 +213,12 @@ def _ref_id(value: str, limit: int) -> str:
 
 def _player(data: Mapping[str, Any]) -> str:
     player = _str(data, "uname")
-    if not keys.valid_identifier(player):
+    if not player or not player.isprintable():
         raise _Reject(10009)
+    if not keys.valid_identifier(player):
+        # A well-formed string that no player can have (":", "{", "}" or too long for a key):
+        # the answer is the unknown player's, as for any other name nobody registered.
+        raise _Reject(10013)
     return player
 
 
