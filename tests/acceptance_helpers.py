@@ -451,7 +451,12 @@ async def send(ledger: Ledger, op: Op) -> Reply:
         ref=p["ref"],
         kind=p["kind"],
     )
-    return Reply(_normal(adjusted.outcome), (adjusted.balance_units,))
+    outcome = adjusted.outcome
+    if outcome == "insufficient" and adjusted.rejected:
+        # A stored rejection, which a resend replays. Without "rejected" it is the debit of an
+        # account that does not exist: nothing stored, as for an unknown player.
+        outcome = "stored"
+    return Reply(_normal(outcome), (adjusted.balance_units,))
 
 
 def expected_resend(op: Op, first: Reply) -> Reply | None:

@@ -242,12 +242,20 @@ def test_adjust_conflicts_and_insufficient_funds_are_409_and_apply_nothing(
     assert payload == {"error": "insufficient_funds", "detail": payload["detail"]}
     status, payload = adjust(gw, TRANSFER_APPID, PLAYER, "usdt", {"amount": "-1", "ref": "c2"})
     assert status == 409 and error("ref_conflict")(payload), payload
-    status, payload = adjust(gw, TRANSFER_APPID, "another", "usdt", debit)
+    # The ref is the tenant's: another player's use of it conflicts (a credit: a debit of an
+    # account that does not exist is refused before the ref is looked at).
+    status, payload = adjust(gw, TRANSFER_APPID, "another", "usdt", {"amount": "5", "ref": "c2"})
     assert status == 409 and error("ref_conflict")(payload), payload
     assert account(gw, TRANSFER_APPID, PLAYER, "usdt")[1]["balance"] == "11"
     status, outcome = transaction(gw, TRANSFER_APPID, "admin:c2", PLAYER)
     assert status == 200, outcome
     assert (outcome["state"], outcome["delta"], outcome["balance_after"]) == ("rejected", "0", "10")
+    # A debit of an account that does not exist is refused the same way, and stays refused,
+    # without making the account.
+    for _ in range(2):
+        status, payload = adjust(gw, TRANSFER_APPID, "ghost", "usdt", {"amount": "-5", "ref": "g"})
+        assert status == 409 and error("insufficient_funds")(payload), payload
+    assert account(gw, TRANSFER_APPID, "ghost", "usdt")[0] == 404
     assert error("insufficient_funds")(outcome["response"]), outcome
 
 

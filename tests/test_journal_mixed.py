@@ -162,7 +162,10 @@ def scripted_run() -> list[Step]:
         # Admin
         (adm("a1", 100 * u, tenant=MG_T, player=A, currency="usd"), "stored"),
         (adm("a2", -30 * u, tenant=MG_T, player=A, currency="usd"), "stored"),
-        (adm("a3", -1_000 * u, tenant=MG_T, player=A, currency="usd"), "insufficient"),
+        (
+            adm("a3", -1_000 * u, tenant=MG_T, player=A, currency="usd"),
+            "stored",
+        ),  # a stored rejection
         (adm("a1", 7, tenant=MG_T, player=A, currency="usd"), "conflict"),
         (adm("a1", 100 * u, tenant=MG_T, player=A, currency="usd"), "replay"),
     ]

@@ -176,7 +176,7 @@ def admin_routes(
             return error(400, "invalid_amount", "the balance would leave the int64 range")
         if result.outcome == "replay":
             ctx.metrics.inc("idempotent_replays_total", (("family", "admin"),))
-        if result.rejected:
+        if result.outcome == "insufficient" or result.rejected:
             # Stored: the same ref and fingerprint answer this again, whatever the balance is.
             return error(409, INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS_DETAIL)
         balance_units = result.balance_units

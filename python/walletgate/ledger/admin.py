@@ -38,6 +38,13 @@ async def _claim(
     return as_str(reply[0])
 
 
+async def _account_exists(ledger: Ledger, tenant: str, player: str) -> bool:
+    reply = await ledger.runner.run(
+        load_script("account_exists"), [keys.account_key(tenant, player)], []
+    )
+    return int(reply) == 1
+
+
 async def adjust(
     ledger: Ledger,
     *,
@@ -58,6 +65,10 @@ async def adjust(
     assert amount_units != 0, "a zero adjustment is rejected before the ledger"
     assert kind == "adjust" or amount_units > 0, "save only credits"
     key = keys.ADMIN_KEY_PREFIX + ref
+    if amount_units < 0 and not await _account_exists(ledger, tenant, player):
+        # As for an unknown player, nothing is stored, and a retry is evaluated afresh. Checked
+        # before the claim, so none is taken: only stored outcomes hold a ref.
+        return AdjustResult(outcome="insufficient", balance_units=0)
     fp = fingerprint(player, currency, str(amount_units), kind)
     token = secrets.token_hex(8)
     if await _claim(ledger, tenant, ref, fp, token, "claim") == "conflict":
@@ -82,9 +93,9 @@ async def adjust(
     outcome = as_str(reply[0])
     assert outcome in ("applied", "replay", "conflict", "insufficient", "overflow"), outcome
     if as_str(reply[3]) == "":
-        # Nothing is stored for this fingerprint (an overflow, a debit of an account that does
-        # not exist, or an adjustment of this player stored before claims existed holds the
-        # ref): the claim must not keep the ref, or a retry would not be evaluated afresh.
+        # Nothing is stored for this fingerprint (an overflow, or an adjustment of this player
+        # stored before claims existed holds the ref): the claim must not keep the ref, or a
+        # retry would not be evaluated afresh.
         await _claim(ledger, tenant, ref, fp, token, "release")
     return AdjustResult(
         outcome=outcome,  # type: ignore[arg-type]

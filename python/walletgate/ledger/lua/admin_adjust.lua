@@ -15,8 +15,9 @@
 --          sets first_save to 2)
 -- Returns: {outcome, balance_units, seq, state, gen_units}
 --   outcome "applied" | "insufficient" (a debit larger than the balance: stored as a rejection,
---   so the same ref and fingerprint keep answering it after the balance grew; not stored, with
---   state "", when the account does not exist) | "replay" (the
+--   so the same ref and fingerprint keep answering it after the balance grew; a debit of an
+--   account that does not exist never gets here: ledger/admin.py refuses it first, storing
+--   nothing, as account_exists.lua tells) | "replay" (the
 --   stored outcome: balance_units and seq as first returned, state "applied" or "rejected") |
 --   "conflict" (ref stored with another fingerprint; nothing written) | "overflow" (the balance
 --   would leave int64; not stored, nothing written: like malformed input, a retry is evaluated
@@ -67,11 +68,6 @@ local balance_field = 'bal:' .. currency
 if wg_cmp(amount_units, '0') < 0 then
   local balance = wg_get(KEYS[1], balance_field)
   if wg_cmp(balance, wg_negate(amount_units)) < 0 then
-    if redis.call('EXISTS', KEYS[1]) == 0 then
-      -- No such account: as for an unknown player, nothing is stored (the seq would create
-      -- the account hash and make the player known to every protocol).
-      return {'insufficient', '0', '0', '', '0'}
-    end
     local seq = wg_next_seq(currency)
     wg_hset_many(tx_key, with_gen({
       'fp', ARGV[6], 'state', 'rejected', 'code', 'insufficient_funds', 'op', kind,
