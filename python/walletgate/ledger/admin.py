@@ -92,7 +92,8 @@ async def adjust(
     )
     outcome = as_str(reply[0])
     assert outcome in ("applied", "replay", "conflict", "insufficient", "overflow"), outcome
-    if as_str(reply[3]) == "":
+    stored_state = as_str(reply[3])
+    if stored_state == "":
         # Nothing is stored for this fingerprint (an overflow, or an adjustment of this player
         # stored before claims existed holds the ref): the claim must not keep the ref, or a
         # retry would not be evaluated afresh.
@@ -100,6 +101,6 @@ async def adjust(
     return AdjustResult(
         outcome=outcome,  # type: ignore[arg-type]
         balance_units=int(as_str(reply[1])),
-        rejected=as_str(reply[3]) == "rejected",
+        rejected=stored_state == "rejected",
         gen_units=int(as_str(reply[4])),
     )

@@ -17,8 +17,8 @@
 --   outcome "applied" | "insufficient" (a debit larger than the balance: stored as a rejection,
 --   so the same ref and fingerprint keep answering it after the balance grew; a debit of an
 --   account that does not exist never gets here: ledger/admin.py refuses it first, storing
---   nothing, as account_exists.lua tells) | "replay" (the
---   stored outcome: balance_units and seq as first returned, state "applied" or "rejected") |
+--   nothing, as account_exists.lua tells) | "replay" (the stored outcome: balance_units and
+--   seq as first returned, state "applied" or "rejected") |
 --   "conflict" (ref stored with another fingerprint; nothing written) | "overflow" (the balance
 --   would leave int64; not stored, nothing written: like malformed input, a retry is evaluated
 --   afresh)
@@ -55,13 +55,18 @@ end
 -- paid part alone, but its answer (and its stored outcome) reports paid plus gifted.
 local gen_units = redis.call('HGET', KEYS[1], 'gen:' .. currency)
 
--- fields with the gifted part appended when the account has one.
-local function with_gen(fields)
+-- Store this adjustment's outcome, with the gifted part when the account has one.
+local function store(state, code, delta, balance, seq)
+  local fields = {
+    'fp', ARGV[6], 'state', state, 'code', code, 'op', kind, 'protocol', ARGV[4],
+    'player', ARGV[2], 'currency', currency, 'delta', delta, 'bal', balance, 'seq', seq,
+    'created_us', wg_now_us(),
+  }
   if gen_units then
     fields[#fields + 1] = 'gbal'
     fields[#fields + 1] = gen_units
   end
-  return fields
+  wg_hset_many(tx_key, fields, retention_s)
 end
 
 local balance_field = 'bal:' .. currency
@@ -69,11 +74,7 @@ if wg_cmp(amount_units, '0') < 0 then
   local balance = wg_get(KEYS[1], balance_field)
   if wg_cmp(balance, wg_negate(amount_units)) < 0 then
     local seq = wg_next_seq(currency)
-    wg_hset_many(tx_key, with_gen({
-      'fp', ARGV[6], 'state', 'rejected', 'code', 'insufficient_funds', 'op', kind,
-      'protocol', ARGV[4], 'player', ARGV[2], 'currency', currency, 'delta', '0',
-      'bal', balance, 'seq', seq, 'created_us', wg_now_us(),
-    }), retention_s)
+    store('rejected', 'insufficient_funds', '0', balance, seq)
     wg_journal(currency, seq, 'reject', '0', balance, 'insufficient_funds')
     return {'insufficient', balance, seq, 'rejected', gen_units or '0'}
   end
@@ -89,10 +90,6 @@ if kind == 'save' then
   wg_hset(KEYS[1], 'first_save:' .. currency, '2', 0)
 end
 local seq = wg_next_seq(currency)
-wg_hset_many(tx_key, with_gen({
-  'fp', ARGV[6], 'state', 'applied', 'code', 'ok', 'op', kind, 'protocol', ARGV[4],
-  'player', ARGV[2], 'currency', currency, 'delta', amount_units, 'bal', balance_units,
-  'seq', seq, 'created_us', wg_now_us(),
-}), retention_s)
+store('applied', 'ok', amount_units, balance_units, seq)
 wg_journal(currency, seq, kind, amount_units, balance_units, 'ok')
 return {'applied', balance_units, seq, 'applied', gen_units or '0'}

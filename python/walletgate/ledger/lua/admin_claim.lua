@@ -21,8 +21,9 @@
 --   release: "released" (the claim holds ARGV[1] and ARGV[3], and is deleted) | "kept".
 --            Sent after an admin_adjust outcome that stores nothing (an overflow, or a
 --            conflict with an adjustment stored before claims existed), so the claim never
---            outlives the outcome it stands for and a retry is evaluated afresh. The token keeps a late release from dropping the claim that
---            an identical call took over meanwhile, and may have applied.
+--            outlives the outcome it stands for and a retry is evaluated afresh. The token
+--            keeps a late release from dropping the claim that an identical call took over
+--            meanwhile, and may have applied.
 --
 -- The claim is not journaled: it is no account state, and the prelude's journal helpers only
 -- take keys under one player's tag. It goes through plain redis.call for that reason.
