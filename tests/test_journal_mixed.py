@@ -162,10 +162,8 @@ def scripted_run() -> list[Step]:
         # Admin
         (adm("a1", 100 * u, tenant=MG_T, player=A, currency="usd"), "stored"),
         (adm("a2", -30 * u, tenant=MG_T, player=A, currency="usd"), "stored"),
-        (
-            adm("a3", -1_000 * u, tenant=MG_T, player=A, currency="usd"),
-            "stored",
-        ),  # a stored rejection
+        # A debit beyond the balance: a stored rejection.
+        (adm("a3", -1_000 * u, tenant=MG_T, player=A, currency="usd"), "stored"),
         (adm("a1", 7, tenant=MG_T, player=A, currency="usd"), "conflict"),
         (adm("a1", 100 * u, tenant=MG_T, player=A, currency="usd"), "replay"),
     ]
