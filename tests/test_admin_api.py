@@ -23,6 +23,7 @@ import gateway_helpers
 from walletgate import admin as walletgate_admin
 from walletgate.app import create_app
 from walletgate.config import parse_config
+from walletgate.ledger import keys
 from walletgate.ledger.errors import LedgerScriptError
 from walletgate.logs import AccessLog
 from wire_helpers import (
@@ -519,7 +520,9 @@ def test_get_account_404s(gw: AsgiGateway) -> None:
 # -- sessions --------------------------------------------------------------------------------
 
 
-def test_sessions_register_extend_and_serve_the_protocols(gw: AsgiGateway) -> None:
+def test_sessions_register_extend_and_serve_the_protocols(
+    gw: AsgiGateway, store: redis.Redis
+) -> None:
     body = {"tenant": MINIGAME_APP_ID, "player": PLAYER, "currency": "usdt", "token": "tok-1"}
     now = int(time.time())
     status, first = session(gw, {**body, "ttl_s": 60})
@@ -530,6 +533,12 @@ def test_sessions_register_extend_and_serve_the_protocols(gw: AsgiGateway) -> No
     assert status == 201 and second["expires_at"] >= now + 3599, second
     status, default = session(gw, body)
     assert status == 201 and default["expires_at"] >= now + 604_799, default  # ttl_s default
+    # ... and never shortens it: a shorter ttl_s keeps the later expiry, which is answered.
+    status, shorter = session(gw, {**body, "ttl_s": 60})
+    assert status == 201 and shorter["expires_at"] == default["expires_at"], (shorter, default)
+    record_key = keys.session_key(MINIGAME_APP_ID, "tok-1")
+    assert store.hget(record_key, "expires_at") == str(default["expires_at"]).encode()
+    assert store.ttl(record_key) > 604_000, "the record's keep was shortened too"
     # The player is known (0 balances) and the token verifies.
     verify = gw.signed(
         MINIGAME_PATHS[0],

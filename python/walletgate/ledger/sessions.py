@@ -36,23 +36,30 @@ async def register_session(
     ttl_s: int,
     session_key: str = "",
 ) -> int | None:
-    """Register or extend ``token``; returns ``expires_at`` (UNIX s), or ``None`` on conflict."""
+    """Register or extend ``token``; returns ``expires_at`` (UNIX s), or ``None`` on conflict.
+
+    The expiry returned is the one in force: registering again with a shorter ``ttl_s`` keeps
+    a later expiry already stored (session_put never shortens a session).
+    """
     assert ttl_s > 0
-    expires_at_s = int(time.time()) + ttl_s
+    now_s = int(time.time())
     keep_s = ttl_s + ledger.settings.idempotency_ttl_s
     reply = await ledger.runner.run(
         load_script("session_put"),
         [keys.session_key(tenant, token)],
-        [player, currency, str(expires_at_s), str(keep_s), session_key],
+        [player, currency, str(now_s + ttl_s), str(keep_s), session_key],
     )
     if as_str(reply[0]) == "conflict":
         return None
+    expires_at_s = int(as_str(reply[1]))
+    assert expires_at_s >= now_s + ttl_s, "session_put shortened a session"
     await touch_player(ledger, tenant=tenant, player=player, currency=currency, open_account=False)
     if session_key:
+        # The Midas key record follows the token's expiry in force, so both expire together.
         await ledger.runner.run(
             load_script("midas_session_put"),
             [keys.midas_session_key(tenant, player)],
-            [session_key, str(expires_at_s), str(ttl_s)],
+            [session_key, str(expires_at_s), str(expires_at_s - now_s)],
         )
     return expires_at_s
 
