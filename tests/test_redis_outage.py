@@ -353,6 +353,16 @@ def eventually(read: Callable[[], T]) -> T:
             time.sleep(0.1)
 
 
+def redis_errors(gw: AsgiGateway) -> float:
+    """``walletgate_redis_errors_total``, summed over its labels."""
+    counted = re.findall(
+        r"^walletgate_redis_errors_total(?:\{[^}]*\})? (\S+)$",
+        gw.get("/metrics").text,
+        re.MULTILINE,
+    )
+    return sum(float(value) for value in counted)
+
+
 def wait_until_ready(gw: AsgiGateway) -> float:
     started = time.monotonic()
     while time.monotonic() - started < RESUME_TIMEOUT_S:
@@ -392,12 +402,7 @@ def test_busy_answers_during_an_outage_then_service_resumes_by_itself(
         assert ready.status_code == 503 and time.monotonic() - started < BUSY_LIMIT_S, ready.text
         assert gw.get("/healthz").status_code == 200
         gw.idle(0.5)
-    counted = re.findall(
-        r"^walletgate_redis_errors_total(?:\{[^}]*\})? (\S+)$",
-        gw.get("/metrics").text,
-        re.MULTILINE,
-    )
-    assert sum(float(value) for value in counted) >= MONEY_PROBES, counted
+    assert redis_errors(gw) >= MONEY_PROBES
 
     persistent_redis.start(*PERSISTENCE)
     store = redis.Redis.from_url(persistent_redis.url)
@@ -571,3 +576,93 @@ def test_the_admin_api_answers_at_once_after_redis_restarts(
         assert time.monotonic() < deadline, "the hot path did not reconnect"
         gw.idle(0.1)
     assert gw.run(concurrent_reads()) == [200] * ADMIN_CONCURRENCY
+
+
+def test_a_redis_that_refuses_writes_gets_busy_answers_for_credits_too(
+    gateway: AsgiGateway, persistent_redis: RedisServer, config_file: Path
+) -> None:
+    """A Redis that answers but refuses writes (a primary demoted to a replica by a failover
+    answers READONLY) must look like an outage to the platforms: "retry", never a business
+    outcome. Credits and refunds are the case to watch, since their first write is the
+    balance's HINCRBY, whose refusal the scripts once took for an int64 overflow (Wallet v2
+    answered BAD_REQUEST, which a platform does not retry, so the win would be lost)."""
+    gw = gateway
+    token = seed(gw)
+    v2_bet = {"type": "bet", "code": "out-code", "id": 71, "game": 1, "bet": 500}
+    assert gw.post(WALLET_V2_PATH, content=compact(v2_bet)).json()["result"] == 1
+    for probe in probes(token, "before"):
+        answer, _ = probe.send(gw)
+        assert probe.done(answer), (probe.name, answer.status_code, answer.text)
+    wait_until_ready(gw)
+    win = {
+        "app_id": MINIGAME_APP_ID,
+        "uname": PLAYER,
+        "money": "2.5",
+        "type": 3,
+        "order_id": "ro-win",
+        "session_id": "before-round",
+        "award_order_ids": [{"order_id": "before-mg", "money": "2.5"}],
+        "timestamp": 1,
+    }
+    deposit = {
+        "appid": TRANSFER_APPID,
+        "timestamp": 1,
+        "token": token,
+        "currency": "usdt",
+        "amount": "3",
+        "tx_id": "ro-deposit",
+    }
+
+    def v2(body: dict[str, Any]) -> Callable[[], tuple[str, str, bytes, dict[str, str]]]:
+        return lambda: ("POST", WALLET_V2_PATH, compact(body), {})
+
+    v2_busy = code_is("err_code", "INTERNAL_ERROR")
+    credits = [
+        md5_probe("minigame payout", MINIGAME_PATHS[2], win, MINIGAME_KEY, 1),
+        md5_probe("transfer deposit", TRANSFER_PATHS[1], deposit, TRANSFER_KEY, 0),
+        Probe(
+            "wallet v2 win",
+            v2(
+                {"type": "win", "code": "out-code", "id": 72, "round_id": 71, "game": 1, "win": 900}
+            ),
+            v2_busy,
+            code_is("result", 1),
+        ),
+        Probe(
+            "wallet v2 cancel",
+            v2({"type": "cancel", "code": "out-code", "id": 70}),  # unknown: a tombstone
+            v2_busy,
+            code_is("result", 1),
+        ),
+        midas_probe("midas present", MIDAS_PATHS[3], bill_no="ro-gift", present_counts=4),
+        *probes(token, "readonly")[:MONEY_PROBES],
+    ]
+    errors_before = redis_errors(gw)
+    store = redis.Redis.from_url(persistent_redis.url)
+    # A primary at a port nothing listens on (1): the replica keeps its data and never syncs.
+    store.replicaof("127.0.0.1", "1")
+    try:
+        state_before = redis_state(store)
+        for probe in credits:
+            answer, _ = probe.send(gw)
+            assert probe.busy(answer), (probe.name, answer.status_code, answer.text)
+        assert redis_state(store) == state_before, state_difference(
+            state_before, redis_state(store)
+        )
+        # Each refusal is counted as a Redis error (not left to the last-resort handler).
+        assert redis_errors(gw) - errors_before >= len(credits)
+    finally:
+        store.replicaof("no", "one")
+        store.close()
+    # Back to a primary, the same requests apply, and once.
+    pending = list(credits)
+    deadline = time.monotonic() + RESUME_TIMEOUT_S
+    while pending and time.monotonic() < deadline:
+        pending = [probe for probe in pending if not probe.done(probe.send(gw)[0])]
+        if pending:
+            gw.idle(0.2)
+    assert not pending, [probe.name for probe in pending]
+    account = balances(gw)[f"{WALLET_TOKEN}/USD"]["balance"]
+    # Funded 1000, then bets of 5, 3 ("before") and 3 ("readonly"), then the win of 9.
+    assert account == "998", account
+    assert verify_command(str(config_file)) == 0

@@ -135,10 +135,17 @@ end
 
 -- HINCRBY key field delta (a units string, not "0"), not recorded for the journal: the new value
 -- as an exact string, or nil when it would leave the int64 range (nothing is changed then).
+-- Any other refusal is raised as it came: a Redis that refuses writes (READONLY after a
+-- failover, OOM, MISCONF, NOREPLICAS) keeps its error code, so the gateway answers "unavailable,
+-- retry" and not a business outcome; Redis refuses only a script's first write for those, so
+-- nothing of this call was written.
 local function wg_hincrby(key, field, delta)
   local result = redis.pcall('HINCRBY', key, field, delta)
   if type(result) == 'table' and result.err then
-    return nil
+    if string.find(result.err, 'would overflow', 1, true) then
+      return nil
+    end
+    error(result)
   end
   -- The reply reaches Lua as a double: exact below 2^53, where it is printed directly; beyond
   -- that the field is read back as Redis wrote it (one more call, only for huge balances).
