@@ -27,6 +27,9 @@ JSON_MEDIA_TYPE = "application/json"
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
+UINT64_MAX_DIGITS = len(str(UINT64_MAX))
+# A body bound is an int64 at most: a content-length of more digits exceeds any of them.
+MAX_CONTENT_LENGTH_DIGITS = len(str(INT64_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,13 @@ def declared_too_large(headers: Sequence[tuple[bytes, bytes]], max_body_bytes: i
     ``max_body_bytes``: such a body is refused without being read."""
     for name, value in headers:
         if name == b"content-length":
-            return not value.isdigit() or int(value) > max_body_bytes
+            # More digits than any bound has is too large, and int() is never asked to parse
+            # a header of thousands of digits.
+            return (
+                not value.isdigit()
+                or len(value) > MAX_CONTENT_LENGTH_DIGITS
+                or int(value) > max_body_bytes
+            )
     return False
 
 
@@ -174,10 +183,13 @@ def is_int(value: Any) -> TypeGuard[int]:
 
 def parse_uint(value: Any, maximum: int = UINT64_MAX) -> int | None:
     """An unsigned integer given as a JSON integer or a digit string, exactly, or ``None``."""
+    assert maximum <= UINT64_MAX
     if is_int(value):
         return value if 0 <= value <= maximum else None
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        if len(value) > 1 and value[0] == "0":
+        # The length first: a longer string is out of range anyway, and int() refuses strings
+        # of over 4,300 digits with an exception (a bad request, not an internal error).
+        if len(value) > UINT64_MAX_DIGITS or (len(value) > 1 and value[0] == "0"):
             return None
         number = int(value)
         return number if number <= maximum else None
