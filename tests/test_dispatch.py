@@ -188,6 +188,24 @@ def test_body_over_the_limit_is_rejected_unread(
     asyncio.run(scenario())
 
 
+def test_a_content_length_of_thousands_of_digits_is_too_large(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Python's int() refuses over 4,300 digits: such a header is answered as too large, in
+    the protocol's envelope, not as an internal error."""
+
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url) as (app, log, _):
+            body = bet_body("long-length-1")
+            scope = scope_for("POST", BET_PATH, body, declare_length=False)
+            scope["headers"].append((b"content-length", b"1" * 5000))
+            status, answer, _, received = await call(app, scope, [body])
+            assert (status, orjson.loads(answer)["code"], received) == (200, 10009, 0)
+            assert [r["result"] for r in log.records] == [10009]
+
+    asyncio.run(scenario())
+
+
 def test_other_methods_and_paths_go_through_the_router(tmp_path: Path, redis_url: str) -> None:
     async def scenario() -> None:
         async with running_app(tmp_path, redis_url) as (app, _, _):
@@ -199,6 +217,14 @@ def test_other_methods_and_paths_go_through_the_router(tmp_path: Path, redis_url
                 app, scope_for("GET", "/healthz", b"", declare_length=True), [b""]
             )
             assert status == 200
+            # A path that misses or adds a trailing slash is not found, never redirected
+            # (Wallet v2 with no token, for one).
+            for path in ("/wallet/v2", "/admin/v1/sessions/"):
+                status, _, sent, _ = await call(
+                    app, scope_for("POST", path, b"{}", declare_length=True), [b"{}"]
+                )
+                headers = dict(sent[0]["headers"])
+                assert (status, b"location" in headers) == (404, False), path
 
     asyncio.run(scenario())
 

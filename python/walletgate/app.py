@@ -151,6 +151,10 @@ class Gateway(Starlette):
 
     def __init__(self, *, outer_middleware: Middleware, **options: Any) -> None:
         super().__init__(**options)
+        # No redirect to the path with or without a trailing slash: an API client that POSTs to
+        # a wrong path gets 404 at once (an unknown Wallet v2 token included, as the spec
+        # says), not a 307 that replays its body elsewhere.
+        self.router.redirect_slashes = False
         self.outer_middleware = outer_middleware
 
     def build_middleware_stack(self) -> ASGIApp:
