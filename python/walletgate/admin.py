@@ -16,12 +16,10 @@ from walletgate import _native
 from walletgate.config import Config
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
-from walletgate.ledger.core import as_str
+from walletgate.ledger.core import INT64_MAX, INT64_MIN, as_str
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import register_session
 from walletgate.protocols.common import (
-    INT64_MAX,
-    INT64_MIN,
     BodyTooLarge,
     GatewayContext,
     json_response,

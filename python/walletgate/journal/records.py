@@ -19,6 +19,7 @@ import orjson
 
 from walletgate import _native
 from walletgate.config import MAX_TTL_S
+from walletgate.ledger.core import INT64_MAX, INT64_MIN
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -41,8 +42,6 @@ FAMILY_OF_PROTOCOL = {
 }
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 
 FxEntry = tuple[str, str, str, str]
 

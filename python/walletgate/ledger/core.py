@@ -18,6 +18,11 @@ from walletgate.ledger import keys
 from walletgate.ledger.runner import ScriptArg, ScriptRunner
 from walletgate.ledger.scripts import load_script
 
+# Every balance and amount is a signed int64 count of units (Redis HINCRBY's range), and the
+# protocols bound their other integers to it too: defined once here for every layer.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerSettings:

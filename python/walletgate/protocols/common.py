@@ -19,13 +19,11 @@ from starlette.types import Receive, Scope
 
 from walletgate import _native
 from walletgate.config import Config
-from walletgate.ledger.core import Ledger
+from walletgate.ledger.core import INT64_MAX, Ledger
 from walletgate.metrics import Metrics
 
 LOG_SCOPE_KEY = "wg.log"
 JSON_MEDIA_TYPE = "application/json"
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 UINT64_MAX_DIGITS = len(str(UINT64_MAX))
 # A body bound is an int64 at most: a content-length of more digits exceeds any of them.

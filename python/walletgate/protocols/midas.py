@@ -37,6 +37,7 @@ from walletgate import _native
 from walletgate.config import MidasApp
 from walletgate.ledger import keys
 from walletgate.ledger import midas as ledger_midas
+from walletgate.ledger.core import INT64_MAX
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.midas import MidasSession, MoneyResult, SessionCache
 from walletgate.protocols.common import (
@@ -75,7 +76,6 @@ _ERROR_BODIES: Final = {
 BILL_NO_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-|*@]{1,63}")
 NOT_SIGNED: Final = frozenset({"sig", "mp_sig", "access_token"})
 MAX_ZONE_CHARS: Final = 64
-INT64_MAX: Final = 2**63 - 1
 UNITS_PER_COIN: Final = 10_000
 
 logger = logging.getLogger("walletgate")

@@ -24,10 +24,10 @@ from walletgate import _native
 from walletgate.config import MinigameMerchant
 from walletgate.ledger import keys
 from walletgate.ledger import minigame as ledger_minigame
+from walletgate.ledger.core import INT64_MAX
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import lookup_session
 from walletgate.protocols.common import (
-    INT64_MAX,
     BodyTooLarge,
     GatewayContext,
     JsonResponse,

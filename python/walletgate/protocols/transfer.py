@@ -32,9 +32,9 @@ from walletgate import _native
 from walletgate.config import TransferMerchant
 from walletgate.ledger import keys
 from walletgate.ledger import transfer as ledger_transfer
+from walletgate.ledger.core import INT64_MAX
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.protocols.common import (
-    INT64_MAX,
     BodyTooLarge,
     GatewayContext,
     JsonResponse,

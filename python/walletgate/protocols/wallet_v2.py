@@ -22,11 +22,10 @@ from starlette.routing import Route
 from walletgate import _native
 from walletgate.config import WALLET_TOKEN_PATTERN, IpNetwork, WalletV2Agent
 from walletgate.ledger import wallet_v2 as ledger_v2
+from walletgate.ledger.core import INT64_MAX, INT64_MIN
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import SessionInfo
 from walletgate.protocols.common import (
-    INT64_MAX,
-    INT64_MIN,
     BodyTooLarge,
     GatewayContext,
     empty_response,
