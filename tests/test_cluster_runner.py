@@ -16,7 +16,7 @@ from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.cluster_runner import ClusterRunner
 from walletgate.ledger.connect import make_admin_client, make_runner
-from walletgate.ledger.core import Ledger, LedgerSettings
+from walletgate.ledger.core import Ledger, LedgerSettings, ping
 from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
 from walletgate.ledger.scripts import Script, load_script
 
@@ -301,5 +301,34 @@ def test_a_script_without_keys_runs_on_a_cluster(cluster: RedisCluster) -> None:
         runner = cluster_runner(cluster)
         assert await runner.run(load_script("ping"), [], []) is not None
         await runner.close()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_readiness_probes_every_primary(cluster: RedisCluster) -> None:
+    """The readiness probe must reach every primary with a key (so each checks the cluster
+    state too): a keyless ping went to slot 0's primary only, and a cluster with another
+    primary hung or down still looked ready."""
+    pause_ms = 1500
+
+    async def scenario() -> None:
+        runner = cluster_runner(cluster)
+        ledger = Ledger(runner, CLUSTER_SETTINGS)
+        await ping(ledger)
+        slots = await runner.primary_slots()
+        assert sorted(cluster.owner_port(slot) for slot in slots) == sorted(cluster.ports)
+        # A primary that does not own slot 0 stops answering for a while.
+        hung_port = next(port for port in cluster.ports if port != cluster.owner_port(0))
+        cluster.cli(hung_port, "CLIENT", "PAUSE", str(pause_ms), "ALL")
+        paused_at = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ping(ledger), pause_ms / 1000 / 3)
+        await runner.close()
+        # Leave the shared cluster as it was: answering again.
+        await asyncio.sleep(max(0.0, pause_ms / 1000 - (time.monotonic() - paused_at)) + 0.1)
+        fresh = cluster_runner(cluster)
+        await ping(Ledger(fresh, CLUSTER_SETTINGS))
+        await fresh.close()
 
     run(scenario)

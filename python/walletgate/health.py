@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from walletgate.ledger.scripts import load_script
+from walletgate.ledger.core import ping
 from walletgate.metrics import Metrics
 from walletgate.protocols.common import GatewayContext, json_response
 
@@ -52,9 +52,7 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {}
         try:
-            await asyncio.wait_for(
-                ctx.ledger.runner.run(load_script("ping"), [], []), READY_PROBE_TIMEOUT_S
-            )
+            await asyncio.wait_for(ping(ctx.ledger), READY_PROBE_TIMEOUT_S)
             checks["redis"] = "ok"
         except Exception:  # Any failure of the probe means "not ready", never a 500.
             checks["redis"] = "unavailable"

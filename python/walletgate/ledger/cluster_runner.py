@@ -287,6 +287,21 @@ class ClusterRunner:
         for endpoint in stale:
             await self.nodes.pop(endpoint).close()
 
+    async def primary_slots(self) -> list[int]:
+        """One slot owned by each primary of the slot map (loaded first when incomplete).
+
+        Raises :class:`LedgerUnavailable` when a slot has no primary even after a reload: the
+        players whose keys hash there cannot be served, so the cluster is not ready.
+        """
+        if any(connection is None for connection in self.slots):
+            await self.refresh()
+        first_slots: dict[int, int] = {}
+        for slot, connection in enumerate(self.slots):
+            if connection is None:
+                raise LedgerUnavailable(f"no cluster primary serves slot {slot}")
+            first_slots.setdefault(id(connection), slot)
+        return list(first_slots.values())
+
     async def close(self) -> None:
         self._closed = True
         task = self._refresh_task

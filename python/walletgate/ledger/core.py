@@ -7,6 +7,7 @@ turn the script's reply into a typed result. Every money operation is exactly on
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from walletgate.ledger import keys
+from walletgate.ledger.cluster_runner import ClusterRunner
 from walletgate.ledger.runner import ScriptArg, ScriptRunner
 from walletgate.ledger.scripts import load_script
 
@@ -97,6 +99,25 @@ class Ledger:
         ]
         args.extend(extra_args)
         return await self.runner.run(script, script_keys, args)
+
+
+async def ping(ledger: Ledger) -> None:
+    """The readiness probe: the ping script answers, on a cluster from every primary.
+
+    On a cluster each primary is probed with a key of a slot it owns. A keyless command skips
+    the node's cluster-state check and reaches one node only, so a cluster that is down
+    (CLUSTERDOWN) or a dead primary would still look ready while its players' money requests
+    fail. Raises what the runner raises.
+    """
+    script = load_script("ping")
+    runner = ledger.runner
+    if not isinstance(runner, ClusterRunner):
+        await runner.run(script, [], [])
+        return
+    slots = await runner.primary_slots()
+    await asyncio.gather(
+        *(runner.run(script, [keys.journal_stream_key(slot, cluster=True)], []) for slot in slots)
+    )
 
 
 def fingerprint(*parts: str) -> str:

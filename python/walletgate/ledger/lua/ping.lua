@@ -5,6 +5,8 @@
 -- failover that kept our connection), where every money script would fail too. allow-oom keeps
 -- a Redis over maxmemory ready: reads still work there, and the operator alerts on memory.
 --
--- KEYS: none. ARGV: none.
+-- KEYS: none, or on a cluster one key (never read) in a slot of the node to probe: a command
+-- with a key makes the node check that the cluster is up and that it owns the slot.
+-- ARGV: none.
 -- Returns: 1
 return 1
