@@ -18,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from cluster import RedisCluster
 from walletgate.journal import writer
 from walletgate.journal.records import keymap_key
 from walletgate.journal.scripts import (
@@ -341,3 +342,48 @@ def test_standalone_reader_reads_what_the_script_reads(redis_url: str) -> None:
         await client.aclose()
 
     run(scenario())
+
+
+@pytest.mark.cluster
+def test_a_migrating_slot_does_not_stop_the_other_streams_draining(
+    redis_cluster: RedisCluster,
+) -> None:
+    """While a slot migrates, its stream is not on the source node (it never existed there, or
+    it moved), and Redis refuses that key inside a script: the reader once lost the whole
+    node's read to that, so nothing on any node drained during a reshard. Now the other streams
+    are read, and a reader that must see every stream (journal verify) is told to retry."""
+    cluster = redis_cluster
+    cluster.flushall()
+    streams = [keys.journal_stream_key(slot, True) for slot in range(keys.CLUSTER_SLOTS)]
+    record_slots: dict[int, int] = {}
+    for slot in range(0, keys.CLUSTER_SLOTS, 97):
+        record_slots.setdefault(cluster.owner_port(slot), slot)
+    assert sorted(record_slots) == sorted(cluster.ports)
+    source_port, target_port = cluster.ports[0], cluster.ports[1]
+    migrating = record_slots[source_port] + 1
+    assert cluster.owner_port(migrating) == source_port
+    client = redis.RedisCluster.from_url(cluster.url)
+    for port, slot in record_slots.items():
+        client.xadd(streams[slot], {"port": str(port)})
+    client.close()
+    expected = {streams[slot] for slot in record_slots.values()}
+
+    async def read(every_stream: bool) -> set[str]:
+        async_client = redis.asyncio.RedisCluster.from_url(cluster.url)
+        try:
+            pages = await StreamReader(async_client).read(
+                "all", streams, 100, every_stream=every_stream
+            )
+        finally:
+            await async_client.aclose()
+        return {stream for stream, (length, _) in pages.items() if length == 1}
+
+    assert asyncio.run(read(every_stream=False)) == expected
+    cluster.begin_migration(migrating, target_port)
+    try:
+        assert asyncio.run(read(every_stream=False)) == expected
+        with pytest.raises(redis.exceptions.RedisError, match="migrating"):
+            asyncio.run(read(every_stream=True))
+    finally:
+        cluster.finish_migration(migrating, source_port, target_port)
+    assert asyncio.run(read(every_stream=True)) == expected

@@ -439,7 +439,9 @@ async def read_pending(
 
     # One script call per node finds the non-empty streams among thousands (a cluster has one
     # per slot); the rest of a long stream is then read page by page.
-    pages = await StreamReader(client).read("pending", streams, PENDING_FIRST_READ_RECORDS)
+    pages = await StreamReader(client).read(
+        "pending", streams, PENDING_FIRST_READ_RECORDS, every_stream=True
+    )
     starts: dict[str, str] = {}
     for name, (length, entries) in pages.items():
         for sid, fields in entries:

@@ -154,11 +154,21 @@ class StreamReader:
         return groups
 
     async def read(
-        self, group: Hashable, streams: Sequence[str], budget_records: int, rotation: int = 0
+        self,
+        group: Hashable,
+        streams: Sequence[str],
+        budget_records: int,
+        rotation: int = 0,
+        *,
+        every_stream: bool = False,
     ) -> dict[str, StreamPage]:
         """Every non-empty stream of ``streams`` (cached under ``group``) with its length and
         first entries: about ``budget_records`` entries in all, plus at most one per stream.
         Each call starts ``rotation`` streams further, so the budget favours no stream for long.
+
+        On a cluster, a stream its node no longer serves (a slot migrating or moved) is left
+        out and the slot map is reloaded for the next read; with ``every_stream`` (a reader
+        that must see everything, as ``journal verify``) that raises :class:`RedisError`.
         """
         calls = await self._group(group, streams)
         budget_per_call = max(1, budget_records // max(1, len(calls)))
@@ -180,12 +190,26 @@ class StreamReader:
         else:
             replies = await asyncio.gather(*(call(stream_group) for stream_group in calls))
         pages = {}
+        not_served: list[str] = []
         for stream_group, reply in zip(calls, replies, strict=True):
             for index in range(0, len(reply), 3):
-                stream = stream_group.names[int(reply[index]) - 1]
+                position = int(reply[index])
+                if position < 0:
+                    not_served.append(stream_group.names[-position - 1])
+                    continue
+                stream = stream_group.names[position - 1]
                 # Fields stay a flat list here; the file thread decodes them off the event loop.
                 entries = [(text(raw_sid), flat) for raw_sid, flat in reply[index + 2]]
                 pages[stream] = (int(reply[index + 1]), entries)
+        if not_served:
+            # Their records stay in Redis and are read once the map names their node again
+            # (after a migration, the slot map reloaded here names it).
+            await self.refresh_topology()
+            if every_stream:
+                raise RedisError(
+                    f"{len(not_served)} journal streams (first {not_served[0]}) are not on the "
+                    "node the slot map names: a slot is migrating; read again once it is done"
+                )
         return pages
 
     async def _read_standalone(
