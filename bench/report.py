@@ -661,6 +661,11 @@ def main(argv: list[str] | None = None) -> int:
     comparison = commands.add_parser("compare", help="one markdown table across runs")
     comparison.add_argument("directories", type=Path, nargs="+")
     arguments = parser.parse_args(argv)
+    named = [arguments.directory] if arguments.command == "render" else arguments.directories
+    missing = [str(directory) for directory in named if not (directory / "results.json").is_file()]
+    if missing:
+        print(f"report: no results.json in {', '.join(missing)}", file=sys.stderr)
+        return 2
     if arguments.command == "render":
         results = orjson.loads((arguments.directory / "results.json").read_bytes())
         write_all(results, arguments.directory)

@@ -313,7 +313,11 @@ def test_locust_headless(tmp_path: Path, served: tuple[Path, int], processes: in
     argv += ["--host", f"http://127.0.0.1:{port}", "-u", str(users), "-r", str(users)]
     argv += ["-t", "5s", "--csv", str(prefix)]
     if processes > 1:
+        # A port of its own for the master: on Locust's default (5557) the workers of another
+        # run on this machine would join this one.
+        master_port = str(free_port())
         argv += ["--processes", str(processes)]
+        argv += ["--master-bind-port", master_port, "--master-port", master_port]
     completed = subprocess.run(
         argv,
         capture_output=True,
