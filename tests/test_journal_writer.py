@@ -1021,3 +1021,35 @@ def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: P
     assert status.alive  # shards 0 and 1 reported just now
     assert status.last_flush_s == 0.001
     assert status.oldest_pending_age_s >= 10  # shards 2 and 3 never did
+
+
+def test_a_stop_that_times_out_still_gives_the_shards_back(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stuck in a cycle (a hung disk, say) is cancelled when stop() times out. Its
+    cleanup must still release the leases, so the other writers take the shards over at once;
+    it once ran after the file thread was shut down, failed, and left them held."""
+    config = journal_config(redis_url, tmp_path / "journal")
+    settings = WriterSettings.from_config(config, lease_ms=60_000, shards=2)
+
+    async def scenario() -> list[Any]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        journal = JournalWriter(client, settings, writer_id="stuck")
+        stuck = asyncio.Event()
+
+        async def hang(self: JournalWriter) -> bool:
+            stuck.set()
+            await asyncio.sleep(3600)
+            return False
+
+        await journal.start()
+        await wait_until(lambda: len(journal._owned) == 2, 10, "the writer to own its shards")
+        monkeypatch.setattr(JournalWriter, "_flush_owned", hang)
+        await asyncio.wait_for(stuck.wait(), 10)
+        await journal.stop(timeout_s=0.2)
+        leases = [await client.get(writer.lease_key(number)) for number in range(2)]
+        registered = await client.zscore(writer.WRITERS_KEY, "stuck")
+        await client.aclose()
+        return [*leases, registered]
+
+    assert run(scenario()) == [None, None, None]

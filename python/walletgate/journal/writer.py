@@ -119,6 +119,8 @@ from walletgate.logs import loggable_tenant
 logger = logging.getLogger("walletgate.journal")
 
 WRITERS_KEY = "wg:{journal-writers}"
+# How long a stop that timed out waits for the cancelled writer task to give its shards back.
+STOP_CLEANUP_TIMEOUT_S = 5.0
 STATS_KEY = "wg:{journal-stats}"
 # Keys reused by a second player, per family, counted by every writer since the journal began
 # (HINCRBY, no expiry): the figure every worker reports, whichever writer saw the reuse.
@@ -376,6 +378,10 @@ class JournalWriter:
             except TimeoutError:
                 self._task.cancel()
                 logger.error("journal: the writer did not stop within %.1f s", timeout_s)
+                # The cancelled task still gives its shards back (closing files in the file
+                # thread, releasing the leases): let it, for a bounded time, before that
+                # thread goes away, or the other writers wait a lease period for them.
+                await asyncio.wait({self._task}, timeout=STOP_CLEANUP_TIMEOUT_S)
             except Exception:
                 logger.exception("journal: the writer task failed")
         # The task has ended, so no file operation is queued; do not block the loop on it.
