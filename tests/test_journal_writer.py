@@ -568,6 +568,28 @@ def test_pages_lost_by_a_power_loss_are_moved_aside_and_written_again(
     assert segment.read_bytes()[synced_size:cut_at] == lines[0] + lines[1]
 
 
+def test_a_lost_first_page_of_a_one_line_batch_is_cut_and_written_again(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A batch of one line began in the block it shared with the batch before, and a power loss
+    lost that block but kept the next one, with the line's end. Read backwards, the lines
+    before the hole (a finished batch) once looked like the hole's batch, so the hole was never
+    cut and the shard stalled for good. The line's surviving end names its batch and record:
+    the record is still pending, so the hole is cut and the record written again."""
+    config = journal_config(redis_url, tmp_path / "journal", buckets=1)
+    outcomes, pending, segment, last_batch = written_then_pending(redis_url, config, (35, 36))
+    sid, fields = pending[0]
+    only_line = orjson.dumps(journal_record(0, sid.decode(), fields, last_batch + 1)) + b"\n"
+    assert len(only_line) > 200
+    hole = bytes(len(only_line) - 60) + only_line[-60:]
+    with open(segment, "ab") as handle:
+        handle.write(hole)
+
+    assert_drained_once(redis_url, config, outcomes)
+    [aside] = segment.parent.glob(segment.name + ".lost-pages-*")
+    assert aside.read_bytes() == hole
+
+
 def test_a_hole_in_finished_records_is_never_cut(redis_url: str, tmp_path: Path) -> None:
     """Zeros inside a batch that was fsynced and deleted from Redis are damage to the journal
     itself: cutting there would take finished records out of it. The writer leaves the segment
@@ -610,7 +632,8 @@ def test_only_the_newest_batch_of_the_newest_segment_is_a_cut_candidate(tmp_path
     directory.mkdir()
 
     def line(batch: int, number: int) -> bytes:
-        record = {"batch": batch, "sid": f"{batch}-{number}", "bucket": 0, "pad": "x" * 50}
+        # In the writer's key order: sid, bucket and batch end the line.
+        record = {"pad": "x" * 50, "sid": f"{batch}-{number}", "bucket": 0, "batch": batch}
         return orjson.dumps(record) + b"\n"
 
     def recovered() -> tuple[int, list[str]]:
@@ -649,6 +672,16 @@ def test_only_the_newest_batch_of_the_newest_segment_is_a_cut_candidate(tmp_path
     assert segment.read_bytes() == line(2, 0) + line(3, 0)
     [aside] = directory.glob("*.lost-pages-*")
     assert aside.read_bytes() == content[lost.offset :]
+
+    # A newest line in the hole whose end survived: its batch (4) is the candidate, with the
+    # record its end names; batch 3 before it is finished and not a candidate.
+    segment.write_bytes(line(2, 0) + line(3, 0) + bytes(40) + line(4, 0)[40:])
+    files = ShardFiles(directory, 1 << 20)
+    with pytest.raises(LostPages) as caught:
+        files.open()
+    files.close()
+    lost = caught.value
+    assert (lost.offset, lost.entries) == (len(line(2, 0) + line(3, 0)), [(0, "4-0")])
 
     # The same hole in a closed segment is not a candidate: the newer segment exists only
     # because that segment's last batch was finished. It is corrupt, and stays as it is.

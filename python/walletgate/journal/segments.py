@@ -35,6 +35,9 @@ ARCHIVE_SUFFIX = ".gz"
 ARCHIVED_SEGMENT_PATTERN = re.compile(r"^segment-(\d{9})\.jsonl\.gz\Z")
 SHARD_PATTERN = re.compile(r"^shard-(\d{2,})\Z")
 TAIL_READ_CHUNK_BYTES = 1 << 16
+# The end of every journal line (records.encode_batch writes these keys last): what survives of
+# a line whose first pages a power loss turned into zeros still names its record and batch.
+LINE_TAIL_PATTERN = re.compile(rb'"sid":"([0-9]+-[0-9]+)","bucket":([0-9]+),"batch":([0-9]+)}\Z')
 
 
 class JournalLayoutError(RuntimeError):
@@ -198,6 +201,13 @@ def find_lost_pages(path: Path, descriptor: int, end: int) -> LostPages | None:
     complete line, or of the lines just before the hole when none follows it); its complete
     lines are returned for the writer to check against Redis. A hole followed by a line of an
     older batch is damage to fsynced data, which is never cut: the readers report it.
+
+    When the newest line is itself in the hole (a batch of one line, or the hole at its end),
+    the bytes after its zeros still name its batch and record (LINE_TAIL_PATTERN): that batch
+    is the newest, and that record is checked against Redis with the batch's other lines. Once
+    a batch of one line that began in the block it shared with the batch before lost that
+    block, the lines before the hole were taken for the newest batch: those were finished, so
+    the hole was never cut and the shard never drained again.
     """
     newest_batch: int | None = None
     earliest_hole: int | None = None
@@ -205,6 +215,11 @@ def find_lost_pages(path: Path, descriptor: int, end: int) -> LostPages | None:
     for offset, line in lines_backward(descriptor, end):
         if b"\0" in line:
             earliest_hole = offset
+            if newest_batch is None:
+                tail = LINE_TAIL_PATTERN.search(line, line.rfind(b"\0") + 1)
+                if tail is not None:
+                    newest_batch = int(tail.group(3))
+                    entries.append((int(tail.group(2)), tail.group(1).decode("ascii")))
             continue
         record = _record_or_none(line)
         batch = record.get("batch") if record is not None else None
