@@ -1086,3 +1086,46 @@ def test_a_stop_that_times_out_still_gives_the_shards_back(
         return [*leases, registered]
 
     assert run(scenario()) == [None, None, None]
+
+
+def test_shards_a_registered_writer_cannot_open_are_taken_over(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A second writer registers but cannot open any shard (its host sees the files as another
+    user's, say). It still counts for the fair share, so the first writer once stopped at half
+    the shards and the other half never drained. Shards nobody holds for two lease periods are
+    now taken beyond the share."""
+    config = journal_config(redis_url, tmp_path / "journal")
+    settings = WriterSettings.from_config(config, lease_ms=600, shards=4)
+
+    async def scenario() -> tuple[list[int], list[int], int, dict[str, tuple[str, int]]]:
+        ledger = ledger_for(config)
+        outcomes = await apply_operations(ledger, plan_operations(400, seed=41), 16)
+        await ledger.runner.close()
+        clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
+        able = JournalWriter(clients[0], settings, writer_id="able")
+        unable = JournalWriter(clients[1], settings, writer_id="unable")
+        in_file_thread = unable._in_file_thread
+
+        async def refuse_to_open(function: Any, *args: Any) -> Any:
+            if getattr(function, "__name__", "") == "open":
+                raise PermissionError("the shard's files belong to another user")
+            return await in_file_thread(function, *args)
+
+        unable._in_file_thread = refuse_to_open  # type: ignore[method-assign]
+        # The one that cannot open starts first, so both count before either takes a shard.
+        await unable.start()
+        await able.start()
+        await wait_until(lambda: pending_count(redis_url) == 0, 30, "every shard to drain")
+        owned = [list(able.status().owned_shards), list(unable.status().owned_shards)]
+        errors = unable.status().errors_total
+        await unable.stop()
+        await able.stop()
+        for client in clients:
+            await client.aclose()
+        return owned[0], owned[1], errors, outcomes
+
+    able_shards, unable_shards, errors, outcomes = run(scenario())
+    assert (able_shards, unable_shards) == ([0, 1, 2, 3], [])
+    assert errors > 0
+    assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))

@@ -119,6 +119,11 @@ from walletgate.logs import loggable_tenant
 logger = logging.getLogger("walletgate.journal")
 
 WRITERS_KEY = "wg:{journal-writers}"
+# A shard no writer has held for this many lease periods is taken by any writer, beyond its
+# fair share; one held that way for ADOPTED_HOLD_LEASES periods is given back, so that the
+# writer whose share it is takes it once it can.
+ORPHAN_AFTER_LEASES = 2
+ADOPTED_HOLD_LEASES = 30
 # How long a stop that timed out waits for the cancelled writer task to give its shards back.
 STOP_CLEANUP_TIMEOUT_S = 5.0
 STATS_KEY = "wg:{journal-stats}"
@@ -334,6 +339,10 @@ class JournalWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-files")
         self._owned: dict[int, OwnedShard] = {}
         self._retry_after: dict[int, float] = {}
+        # Shards held beyond the fair share because nobody held them (number -> when taken),
+        # and when each shard held by nobody was first seen free (see _adopt_orphans).
+        self._adopted: dict[int, float] = {}
+        self._free_since: dict[int, float] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._started_monotonic = time.monotonic()
@@ -768,77 +777,131 @@ class JournalWriter:
         target = math.ceil(self.shard_count / live_writers)
         for shard in list(self._owned.values()):
             await self._renew_lease(shard)
+        for number in [number for number in self._adopted if number not in self._owned]:
+            del self._adopted[number]
         # Give shards back when more writers joined, so every writer carries a fair share.
-        for number in sorted(self._owned, reverse=True):
-            if len(self._owned) <= target:
-                break
-            await self._drop(self._owned[number], release_lease=True)
-        if len(self._owned) < target:
+        shared = sorted(number for number in self._owned if number not in self._adopted)
+        while len(shared) > target:
+            await self._drop(self._owned[shared.pop()], release_lease=True)
+        # An adopted shard within the share (a writer left) is an ordinary one now; one held
+        # long enough goes back, for a writer whose share it is and who can open it by now.
+        now = time.monotonic()
+        hold_s = ADOPTED_HOLD_LEASES * settings.lease_ms / 1000
+        for number, adopted_at in sorted(self._adopted.items()):
+            if len(shared) < target:
+                del self._adopted[number]
+                shared.append(number)
+            elif now - adopted_at >= hold_s:
+                del self._adopted[number]
+                await self._drop(self._owned[number], release_lease=True)
+        if len(shared) < target:
             await self._acquire(target)
+        await self._adopt_orphans()
 
     async def _acquire(self, target: int) -> None:
-        settings = self._settings
+        """Take free shards until this writer holds ``target`` of them (adopted ones aside)."""
         offset = int.from_bytes(self.writer_id.encode(), "big") % self.shard_count
         for step in range(self.shard_count):
-            if len(self._owned) >= target:
+            if len(self._owned) - len(self._adopted) >= target:
                 return
             number = (offset + step) % self.shard_count
             if number in self._owned or time.monotonic() < self._retry_after.get(number, 0.0):
                 continue
-            sent = time.monotonic()
-            taken = await self._client.eval(
-                ACQUIRE_LEASE_LUA, 1, lease_key(number), self.writer_id, settings.lease_ms
-            )
-            if int(taken) != 1:
+            await self._take(number)
+
+    async def _adopt_orphans(self) -> None:
+        """Take, beyond the fair share, every shard nobody has held for ORPHAN_AFTER_LEASES
+        lease periods (as this writer saw it, free at each look).
+
+        The share counts every registered writer, also one that cannot open its shards (files
+        of another user, a failing mount on its host): without this, the records of its share
+        would wait in Redis for as long as it stays registered, and readiness fails everywhere.
+        """
+        unowned = [number for number in range(self.shard_count) if number not in self._owned]
+        for number in [number for number in self._free_since if number in self._owned]:
+            del self._free_since[number]
+        if not unowned:
+            return
+        held = await asyncio.gather(*(self._client.exists(lease_key(n)) for n in unowned))
+        now = time.monotonic()
+        patience_s = ORPHAN_AFTER_LEASES * self._settings.lease_ms / 1000
+        for number, is_held in zip(unowned, held, strict=True):
+            if is_held:
+                self._free_since.pop(number, None)
                 continue
-            files = ShardFiles(
-                settings.directory / shard_directory_name(number), settings.segment_max_bytes
-            )
+            free_since = self._free_since.setdefault(number, now)
+            if now - free_since < patience_s or now < self._retry_after.get(number, 0.0):
+                continue
+            if await self._take(number):
+                del self._free_since[number]
+                self._adopted[number] = now
+                logger.warning(
+                    "journal: writer %s took shard %d beyond its share: no writer held it for "
+                    "%d lease periods",
+                    self.writer_id,
+                    number,
+                    ORPHAN_AFTER_LEASES,
+                )
+
+    async def _take(self, number: int) -> bool:
+        """Lease shard ``number``, open its files and finish its last batch; False when the
+        lease is held or the files cannot be opened now (retried later)."""
+        settings = self._settings
+        sent = time.monotonic()
+        taken = await self._client.eval(
+            ACQUIRE_LEASE_LUA, 1, lease_key(number), self.writer_id, settings.lease_ms
+        )
+        if int(taken) != 1:
+            return False
+        files = ShardFiles(
+            settings.directory / shard_directory_name(number), settings.segment_max_bytes
+        )
+        try:
             try:
-                try:
-                    last_records, last_batch = await self._in_file_thread(files.open)
-                except LostPages as lost:
-                    last_records, last_batch = await self._cut_lost_pages(files, lost)
-            except ShardBusy:
-                # A writer that lost its lease still finishes its batch; try again later.
-                await self._release_lease(number)
-                continue
-            except (OSError, JournalCorrupt, LostPages) as error:
-                self._note_error(f"shard {number}: cannot open: {error!r}")
-                await self._release_lease(number)
-                self._retry_after[number] = time.monotonic() + settings.max_backoff_ms / 1000
-                continue
-            try:
-                last_metas = [
-                    meta_of(record, self._stream_of_bucket[record["bucket"]], settings.keymap_ttl_s)
-                    for record in last_records
-                ]
-            except (KeyError, TypeError, ValueError) as error:
-                self._note_error(f"shard {number}: unreadable last batch: {error!r}")
-                await self._in_file_thread(files.close)
-                await self._release_lease(number)
-                self._retry_after[number] = time.monotonic() + settings.max_backoff_ms / 1000
-                continue
-            shard = OwnedShard(
-                number=number,
-                stream_names=[stream for _, stream in self._shard_streams[number]],
-                files=files,
-                lease_trusted_until=sent + LEASE_TRUST_FRACTION * settings.lease_ms / 1000,
-                next_batch=last_batch + 1,
-            )
-            self._owned[number] = shard
-            if last_metas:
-                # The last batch may still be in Redis (a writer died between fsync and XDEL):
-                # finish its steps, which are idempotent, before anything new is read.
-                shard.unfinished = last_metas
-                self._check_sequences(shard, last_metas)
-                await self._finish([shard])
-            logger.info(
-                "journal: writer %s took shard %d (batch %d next)",
-                self.writer_id,
-                number,
-                shard.next_batch,
-            )
+                last_records, last_batch = await self._in_file_thread(files.open)
+            except LostPages as lost:
+                last_records, last_batch = await self._cut_lost_pages(files, lost)
+        except ShardBusy:
+            # A writer that lost its lease still finishes its batch; try again later.
+            await self._release_lease(number)
+            return False
+        except (OSError, JournalCorrupt, LostPages) as error:
+            self._note_error(f"shard {number}: cannot open: {error!r}")
+            await self._release_lease(number)
+            self._retry_after[number] = time.monotonic() + settings.max_backoff_ms / 1000
+            return False
+        try:
+            last_metas = [
+                meta_of(record, self._stream_of_bucket[record["bucket"]], settings.keymap_ttl_s)
+                for record in last_records
+            ]
+        except (KeyError, TypeError, ValueError) as error:
+            self._note_error(f"shard {number}: unreadable last batch: {error!r}")
+            await self._in_file_thread(files.close)
+            await self._release_lease(number)
+            self._retry_after[number] = time.monotonic() + settings.max_backoff_ms / 1000
+            return False
+        shard = OwnedShard(
+            number=number,
+            stream_names=[stream for _, stream in self._shard_streams[number]],
+            files=files,
+            lease_trusted_until=sent + LEASE_TRUST_FRACTION * settings.lease_ms / 1000,
+            next_batch=last_batch + 1,
+        )
+        self._owned[number] = shard
+        if last_metas:
+            # The last batch may still be in Redis (a writer died between fsync and XDEL):
+            # finish its steps, which are idempotent, before anything new is read.
+            shard.unfinished = last_metas
+            self._check_sequences(shard, last_metas)
+            await self._finish([shard])
+        logger.info(
+            "journal: writer %s took shard %d (batch %d next)",
+            self.writer_id,
+            number,
+            shard.next_batch,
+        )
+        return True
 
     async def _cut_lost_pages(
         self, files: ShardFiles, lost: LostPages
