@@ -6,9 +6,10 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
-from redis.crc import key_slot
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from cluster import RedisCluster
 from walletgate.config import RedisConfig
@@ -330,5 +331,44 @@ def test_readiness_probes_every_primary(cluster: RedisCluster) -> None:
         fresh = cluster_runner(cluster)
         await ping(Ledger(fresh, CLUSTER_SETTINGS))
         await fresh.close()
+
+    run(scenario)
+
+
+def test_a_node_out_of_the_slot_map_is_closed_at_the_second_reload() -> None:
+    """A node that receives its first slot by migration is not in CLUSTER SLOTS until the
+    migration ends, while calls already follow ASK to it. A reload in that window once closed
+    its connection under those calls (a spurious "unavailable"); now a node is closed only when
+    two reloads in a row find it owning nothing."""
+
+    def slots_reply(*ports: int) -> list[Any]:
+        share = REDIS_CLUSTER_HASH_SLOTS // len(ports)
+        return [
+            [
+                index * share,
+                REDIS_CLUSTER_HASH_SLOTS - 1
+                if index == len(ports) - 1
+                else (index + 1) * share - 1,
+                [b"127.0.0.1", port, b"node-id"],
+            ]
+            for index, port in enumerate(ports)
+        ]
+
+    async def scenario() -> None:
+        runner = ClusterRunner.from_config(RedisConfig(url="redis://127.0.0.1:1/0", cluster=True))
+        await runner._apply_topology(slots_reply(7001, 7002), "127.0.0.1")
+        runner._node("127.0.0.1", 7003)  # an ASK target that owns no slot yet
+        await runner._apply_topology(slots_reply(7001, 7002), "127.0.0.1")
+        assert set(runner.nodes) == {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"}
+        # The migration ended: the node owns slots now and stays.
+        await runner._apply_topology(slots_reply(7001, 7002, 7003), "127.0.0.1")
+        await runner._apply_topology(slots_reply(7001, 7002, 7003), "127.0.0.1")
+        assert "127.0.0.1:7003" in runner.nodes
+        # A node removed from the cluster goes at the second reload that finds it out.
+        await runner._apply_topology(slots_reply(7001, 7003), "127.0.0.1")
+        assert "127.0.0.1:7002" in runner.nodes
+        await runner._apply_topology(slots_reply(7001, 7003), "127.0.0.1")
+        assert set(runner.nodes) == {"127.0.0.1:7001", "127.0.0.1:7003"}
+        await runner.close()
 
     run(scenario)

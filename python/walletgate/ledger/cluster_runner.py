@@ -78,6 +78,8 @@ class ClusterRunner:
         self.slots: list[FastConnection | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         # "host:port" -> connection, for every primary of the current map (and seeds in use).
         self.nodes: dict[str, FastConnection] = {}
+        # Nodes the last reload found owning no slot (closed if the next one does too).
+        self._out_of_map: set[str] = set()
         self._refresh_task: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
         self._closed = False
@@ -281,11 +283,15 @@ class ClusterRunner:
             for slot in range(start, end + 1):
                 slots[slot] = connection
         self.slots = slots
-        # Drop connections to nodes that no longer own slots (removed nodes, demoted primaries
-        # and seeds that are replicas), so the pool tracks the cluster instead of growing.
-        stale = [endpoint for endpoint in self.nodes if endpoint not in primaries]
-        for endpoint in stale:
+        # Drop connections to nodes that own no slots (removed nodes, demoted primaries and
+        # seeds that are replicas), so the pool tracks the cluster instead of growing; but only
+        # at the second reload that finds them out of the map. A node that gets its first slot
+        # by migration is not in the map until that ends, while calls already follow ASK to
+        # it: closing its connection at once would fail them.
+        out_of_map = {endpoint for endpoint in self.nodes if endpoint not in primaries}
+        for endpoint in out_of_map & self._out_of_map:
             await self.nodes.pop(endpoint).close()
+        self._out_of_map = out_of_map - self._out_of_map
 
     async def primary_slots(self) -> list[int]:
         """One slot owned by each primary of the slot map (loaded first when incomplete).
