@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway_helpers import MINIGAME_KEY, make_config
+from gateway_helpers import ADMIN_TOKEN, MINIGAME_KEY, make_config
 from walletgate import _native
 from walletgate.app import create_app
 from walletgate.ledger.admin import adjust
@@ -268,3 +268,44 @@ def test_startup_heap_is_frozen_out_of_full_collections(tmp_path: Path, redis_ur
         asyncio.run(scenario())
     finally:
         gc.unfreeze()
+
+
+def test_admin_calls_get_access_log_lines_without_tenant_or_token(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Admin adjustments move money, so every admin call gets its access-log line (and request
+    metrics), refused ones too: family admin, the endpoint, the HTTP status, and the
+    adjustment's ref; never the tenant (it may be a wallet_token) or the bearer token."""
+
+    def admin_scope(method: str, path: str, body: bytes, token: str) -> dict[str, Any]:
+        scope = scope_for(method, path, body, declare_length=True)
+        scope["query_string"] = b""
+        scope["headers"] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {token}".encode()),
+        ]
+        return scope
+
+    async def scenario() -> None:
+        async with running_app(tmp_path, redis_url) as (app, log, _):
+            path = f"/admin/v1/accounts/{TENANT}/{PLAYER}/usdt/adjust"
+            body = orjson.dumps({"amount": "2.5", "ref": "logged-ref-1"})
+            log.records.clear()
+            for token in (ADMIN_TOKEN, "wrong-token"):
+                status, _, _, _ = await call(app, admin_scope("POST", path, body, token), [body])
+                assert status == (200 if token == ADMIN_TOKEN else 401)
+            account = f"/admin/v1/accounts/{TENANT}/{PLAYER}/usdt"
+            status, _, _, _ = await call(app, admin_scope("GET", account, b"", ADMIN_TOKEN), [b""])
+            assert status == 200
+            lines = [{k: r[k] for k in ("family", "endpoint", "result")} for r in log.records]
+            assert lines == [
+                {"family": "admin", "endpoint": "adjust", "result": 200},
+                {"family": "admin", "endpoint": "adjust", "result": 401},
+                {"family": "admin", "endpoint": "account", "result": 200},
+            ]
+            assert log.records[0]["ref"] == "logged-ref-1"
+            text = orjson.dumps(log.records).decode()
+            assert TENANT not in text and ADMIN_TOKEN not in text and "wrong-token" not in text
+
+    asyncio.run(scenario())

@@ -23,6 +23,7 @@ from walletgate.protocols.common import (
     BodyTooLarge,
     GatewayContext,
     json_response,
+    note,
     parse_object,
     read_body,
 )
@@ -126,7 +127,7 @@ def admin_routes(
             return error(400, "invalid_body", "body must be one JSON object without duplicate keys")
         return body
 
-    async def post_adjust(request: Request) -> Response:
+    async def post_adjust(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
             return Response(status_code=401)
         resolved = resolve(request)
@@ -144,6 +145,7 @@ def admin_routes(
             return error(
                 400, "invalid_ref", f"ref must be a string of 1 to {MAX_REF_CHARS} characters"
             )
+        refs["ref"] = ref
         amount = body.get("amount")
         if not isinstance(amount, str):
             return error(400, "invalid_amount", "amount must be a decimal string")
@@ -166,7 +168,7 @@ def admin_routes(
                 kind=kind,
             )
         except LedgerUnavailable:
-            ctx.metrics.inc("redis_errors_total", (("family", "admin"),))
+            ctx.metrics.inc("redis_errors_total")
             return error(503, "unavailable", "redis unavailable, nothing applied")
         if result.outcome == "conflict":
             return error(409, "ref_conflict", "ref was used for another adjustment")
@@ -183,7 +185,7 @@ def admin_routes(
             balance_units += result.gen_units
         return json_response({"balance": _format_sum_units(balance_units), "ref": ref})
 
-    async def get_account(request: Request) -> Response:
+    async def get_account(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
             return Response(status_code=401)
         resolved = resolve(request, read=True)
@@ -198,6 +200,7 @@ def admin_routes(
             values = await admin_client.hmget(keys.account_key(tenant, player), fields)
         except Exception:  # redis-py raises several unrelated classes when Redis is down.
             logger.warning("admin account read failed", exc_info=True)
+            ctx.metrics.inc("redis_errors_total")
             return error(503, "unavailable", "redis unavailable")
         if values[0] is None and values[1] is None:
             return error(404, "unknown_account", "no such account")
@@ -217,7 +220,7 @@ def admin_routes(
                 payload[name] = _native.units_to_coins(units[4 + index])
         return json_response(payload)
 
-    async def post_session(request: Request) -> Response:
+    async def post_session(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
             return Response(status_code=401)
         body = await read_json(request)
@@ -260,12 +263,13 @@ def admin_routes(
                 session_key=session_key,
             )
         except LedgerUnavailable:
+            ctx.metrics.inc("redis_errors_total")
             return error(503, "unavailable", "redis unavailable")
         if expires_at is None:
             return error(409, "token_conflict", "token belongs to another player or currency")
         return json_response({"token": session_token, "expires_at": expires_at}, 201)
 
-    async def get_transaction(request: Request) -> Response:
+    async def get_transaction(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
             return Response(status_code=401)
         tenant = request.path_params["tenant"]
@@ -295,6 +299,7 @@ def admin_routes(
             ttl_s = await admin_client.ttl(record_key)
         except Exception:  # redis-py raises several unrelated classes when Redis is down.
             logger.warning("admin transaction read failed", exc_info=True)
+            ctx.metrics.inc("redis_errors_total")
             return error(503, "unavailable", "redis unavailable")
         if not raw:
             return error(404, "unknown_transaction", "no such transaction")
@@ -302,20 +307,30 @@ def admin_routes(
         return json_response(stored_outcome(tenant, key, record, ttl_s, renderers.get(info.family)))
 
     def guarded(
-        handler: Callable[[Request], Awaitable[Response]],
+        name: str, handler: Callable[[Request, dict[str, object]], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         """Any failure the handler did not expect (a script error, a client gone mid-body, a
         stored value it cannot read) answers the spec's error body with 503, never a bare 500:
         a retry with the same ref or token is safe, since both calls are idempotent, and the
         reads change nothing. The log names the handler, never the path (it may
-        hold a wallet_token as its tenant)."""
+        hold a wallet_token as its tenant).
+
+        Every call, refused ones included, gets its access-log line and request metrics as
+        ``family=admin, endpoint=name`` with the HTTP status as the result; the handler adds
+        reference ids to ``refs`` (an adjustment's ``ref``), never a tenant, token or key.
+        """
 
         async def endpoint(request: Request) -> Response:
+            refs: dict[str, object] = {}
             try:
-                return await handler(request)
+                response = await handler(request, refs)
             except Exception:
                 logger.exception("admin: %s failed", handler.__name__)
-                return error(503, "unavailable", "temporary failure; retry with the same request")
+                response = error(
+                    503, "unavailable", "temporary failure; retry with the same request"
+                )
+            note(request, "admin", name, response.status_code, **refs)
+            return response
 
         return endpoint
 
@@ -323,16 +338,18 @@ def admin_routes(
     return [
         Route(
             prefix + "/accounts/{tenant}/{player}/{currency}/adjust",
-            guarded(post_adjust),
+            guarded("adjust", post_adjust),
             methods=["POST"],
         ),
         Route(
-            prefix + "/accounts/{tenant}/{player}/{currency}", guarded(get_account), methods=["GET"]
+            prefix + "/accounts/{tenant}/{player}/{currency}",
+            guarded("account", get_account),
+            methods=["GET"],
         ),
-        Route(prefix + "/sessions", guarded(post_session), methods=["POST"]),
+        Route(prefix + "/sessions", guarded("sessions", post_session), methods=["POST"]),
         Route(
             prefix + "/transactions/{tenant}/{key:path}",
-            guarded(get_transaction),
+            guarded("transaction", get_transaction),
             methods=["GET"],
         ),
     ]
