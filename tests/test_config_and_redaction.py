@@ -12,7 +12,7 @@ from gateway_helpers import WALLET_TOKEN, config_dict
 from walletgate import cli
 from walletgate.config import ConfigError, parse_config
 from walletgate.journal.observer import SIDECAR_STATE_FILE, read_sidecar_restarts
-from walletgate.logs import loggable_path, loggable_tenant
+from walletgate.logs import loggable_path, loggable_tenant, tenant_redactor
 
 
 def test_paths_that_carry_a_token_keep_only_their_fixed_part() -> None:
@@ -79,3 +79,12 @@ def test_the_sidecar_is_restarted_and_stop_leaves_no_writer_behind(
     assert not sidecar.thread.is_alive()
     last = sidecar.process
     assert last is not None and last.poll() is not None
+
+
+def test_reports_name_secret_tenants_by_their_digest_whole_words_only() -> None:
+    redact = tenant_redactor(frozenset({"tok_A1", "tok"}))
+    digest = loggable_tenant("tok_A1", frozenset({"tok_A1"}))
+    assert redact("tok_A1/p1/USD: seq 3 missing") == f"{digest}/p1/USD: seq 3 missing"
+    # A longer word that only contains a token is not one, and other tenants stay as they are.
+    assert redact("tokens/10013/tok_A12") == "tokens/10013/tok_A12"
+    assert tenant_redactor(frozenset())("tok_A1/p1") == "tok_A1/p1"

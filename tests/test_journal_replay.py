@@ -14,6 +14,8 @@ import redis
 import redis.asyncio
 
 from conftest import RedisServer, free_port
+from gateway_helpers import WALLET_TOKEN
+from gateway_helpers import config_dict as gateway_config_dict
 from test_journal_writer import (
     JOURNALED_OUTCOMES,
     Operation,
@@ -37,6 +39,7 @@ from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.connect import make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings
+from walletgate.logs import loggable_tenant
 
 if TYPE_CHECKING:
     from cluster import RedisCluster as ClusterFixture
@@ -551,3 +554,21 @@ def test_rebuild_restores_any_script_state_with_its_expiry(redis_url: str, tmp_p
     assert client.get(keymap_key("t7", "o2")) == "p7"
     client.close()
     assert verify(config) == (0, [])
+
+
+def test_verify_names_a_wallet_v2_account_by_its_token_digest(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A Wallet v2 tenant id is the agent's wallet_token, the secret of its callback URL: the
+    verify report names such accounts by a digest, as the writer's logs do."""
+    raw = gateway_config_dict(tmp_path / "journal")
+    raw["redis"]["url"] = redis_url
+    config = parse_config(raw)
+    Path(config.journal.dir).mkdir(parents=True, exist_ok=True)
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"wg:{{{WALLET_TOKEN}:ghost}}:acct", mapping={"bal:USD": "5"})
+    client.close()
+    code, lines = verify(config)
+    expected = f"{loggable_tenant(WALLET_TOKEN, frozenset({WALLET_TOKEN}))}/ghost/USD: in redis"
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(expected), lines
+    assert WALLET_TOKEN not in "\n".join(lines)

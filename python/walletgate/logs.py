@@ -13,8 +13,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -33,6 +35,17 @@ def loggable_tenant(tenant: str, secret_tenants: frozenset[str]) -> str:
         digest = hashlib.sha256(tenant.encode()).hexdigest()[:12]
         return f"wallet_v2 agent sha256:{digest}"
     return tenant
+
+
+def tenant_redactor(secret_tenants: frozenset[str]) -> Callable[[str], str]:
+    """A function that replaces every secret tenant id in a text by its loggable form, for
+    reports that name accounts as ``tenant/player/currency`` (journal verify and rebuild).
+    Tenant ids are ``[A-Za-z0-9_]`` words, so only whole words are replaced."""
+    if not secret_tenants:
+        return lambda text: text
+    alternatives = "|".join(re.escape(t) for t in sorted(secret_tenants, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![A-Za-z0-9_])(?:{alternatives})(?![A-Za-z0-9_])")
+    return lambda text: pattern.sub(lambda m: loggable_tenant(m.group(0), secret_tenants), text)
 
 
 def loggable_path(path: str) -> str:

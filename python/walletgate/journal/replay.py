@@ -65,6 +65,7 @@ from walletgate.journal.streams import (
     stream_id_order,
 )
 from walletgate.ledger import keys
+from walletgate.logs import tenant_redactor
 
 DEFAULT_PARTITION_BYTES = 128 * 1024 * 1024
 PENDING_PAGE_RECORDS = 1000
@@ -786,8 +787,10 @@ async def verify(
         return 2
     finally:
         await client.aclose()
+    # A Wallet v2 tenant id is the agent's wallet_token, a secret: the report names its digest.
+    redact = tenant_redactor(frozenset(config.wallet_v2_agents))
     for line in problems.lines():
-        print(line, file=out)
+        print(redact(line), file=out)
     return 1 if problems.messages else 0
 
 
@@ -1057,8 +1060,9 @@ async def rebuild(
         return 2
     finally:
         await client.aclose()
+    redact = tenant_redactor(frozenset(config.wallet_v2_agents))
     for line in problems.lines():
-        print(line, file=out)
+        print(redact(line), file=out)
     print(
         f"journal rebuild: restored {restored_accounts} accounts from "
         f"{collected.partitions.records} records",
