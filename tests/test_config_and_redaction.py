@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,29 @@ def test_reports_name_secret_tenants_by_their_digest_whole_words_only() -> None:
     # A longer word that only contains a token is not one, and other tenants stay as they are.
     assert redact("tokens/10013/tok_A12") == "tokens/10013/tok_A12"
     assert tenant_redactor(frozenset())("tok_A1/p1") == "tok_A1/p1"
+
+
+def test_unknown_keys_bad_hosts_and_bad_redis_ports_are_refused_by_name(tmp_path: Path) -> None:
+    """A misspelt key once left its setting at the default in silence (a singular
+    [[minigame.merchant]] served no merchant at all); a host name or a bad redis port failed
+    only after Granian started. Each is refused now, naming the place, never a value that may
+    be a secret."""
+    raw = config_dict(tmp_path / "journal")
+    parse_config(raw)
+    merchant = raw["minigame"]["merchants"][0]
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            {**raw, "minigame": {"merchant": raw["minigame"]["merchants"]}},
+            r"\[minigame\]: .*merchant",
+        ),
+        ({**raw, "server": {"prot": 8081}}, r"\[server\]: unknown key\(s\) prot"),
+        ({**raw, "minigame": {"merchants": [{**merchant, "kye": "x"}]}}, r"merchants\[0\]: .*kye"),
+        ({**raw, "loging": {}}, r"the config: unknown key\(s\) loging"),
+        ({**raw, "server": {"host": "localhost"}}, r"server.host must be an IP address"),
+    ]
+    secret_url = "redis://:hunter2-secret@127.0.0.1:notaport/0"
+    cases.append(({**raw, "redis": {"url": secret_url}}, r"redis.url has a port"))
+    for broken, message in cases:
+        with pytest.raises(ConfigError, match=message) as refused:
+            parse_config(broken)
+        assert merchant["key"] not in str(refused.value) and "hunter2" not in str(refused.value)

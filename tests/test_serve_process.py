@@ -420,3 +420,50 @@ def test_an_invalid_config_exits_non_zero_before_binding(tmp_path: Path) -> None
     assert b"too-short-secret" not in result.stdout + result.stderr  # not even a bad secret
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))  # nothing bound the port
+
+
+def test_a_taken_port_or_a_typo_exits_2_with_a_message_before_starting(tmp_path: Path) -> None:
+    """What an operator gets wrong first: a port already in use, a misspelt key, a host name
+    where an address belongs. Each exits 2 with a one-line message naming it, before the
+    journal writer or Granian starts (no traceback, no stack backtrace)."""
+    raw = gateway_helpers.config_dict(tmp_path / "journal")
+    good = write_config(tmp_path / "good.toml", raw)
+    typo = write_config(
+        tmp_path / "typo.toml", {**raw, "server": {**raw.get("server", {}), "prot": 9999}}
+    )
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "python"), *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cases = [
+        (good, ["--host", "127.0.0.1", "--port", str(port)], b"Address already in use"),
+        (typo, ["--host", "127.0.0.1", "--port", str(free_port())], b"unknown key(s) prot"),
+        (good, ["--host", "localhost", "--port", str(free_port())], b"must be an IP address"),
+        (good, ["--host", "127.0.0.1", "--port", "70000"], b"--port must be between"),
+    ]
+    try:
+        for config_path, flags, message in cases:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "walletgate.cli",
+                    "serve",
+                    "--config",
+                    str(config_path),
+                    *flags,
+                ],
+                capture_output=True,
+                env=environment,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 2, (flags, result)
+            assert message in result.stderr and b"Traceback" not in result.stderr, result.stderr
+            assert result.stderr.count(b"\n") == 1, result.stderr
+    finally:
+        taken.close()

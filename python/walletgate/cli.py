@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from walletgate import __version__
-from walletgate.config import Config, ConfigError, load_config
+from walletgate.config import Config, ConfigError, bind_address, load_config
 from walletgate.journal.archive import DEFAULT_COMPRESS_LEVEL
 from walletgate.journal.observer import SIDECAR_STATE_FILE
 
@@ -109,6 +110,26 @@ def _config_path(arguments: argparse.Namespace) -> str:
     return str(Path(path).resolve())
 
 
+class CannotListen(Exception):
+    """The address to serve on is taken (or not ours): said before anything starts."""
+
+
+def _check_can_listen(address: str, port: int) -> None:
+    """Bind the address once, before the journal writer and Granian start: Granian reports a
+    taken port only from its workers' start, as a stack trace, after the writer has started."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise CannotListen(
+                f"cannot listen on {address} port {port}: {error.strerror}"
+            ) from None
+
+
 def serve(
     config_path: str,
     config: Config,
@@ -121,6 +142,10 @@ def serve(
     """Run Granian with every option written out (ASGI, uvloop, HTTP/1, backpressure)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
+
+    address = host or config.server.host
+    port = port if port is not None else config.server.port
+    _check_can_listen(address, port)
 
     os.environ["WALLETGATE_CONFIG"] = config_path
     os.environ["WALLETGATE_ACCESS_LOG"] = "1" if access_log else "0"
@@ -145,8 +170,8 @@ def serve(
     server = Granian(
         target="walletgate.app:app_from_env",
         factory=True,
-        address=host or config.server.host,
-        port=port if port is not None else config.server.port,
+        address=address,
+        port=port,
         interface=Interfaces.ASGI,
         workers=workers or config.server.workers,
         loop=Loops.uvloop,
@@ -216,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(path)
             if arguments.workers is not None and not 1 <= arguments.workers <= 64:
                 raise ConfigError("--workers must be between 1 and 64")
+            if arguments.port is not None and not 0 <= arguments.port <= 65535:
+                raise ConfigError("--port must be between 0 and 65535")
+            if arguments.host is not None:
+                bind_address(arguments.host, "--host")
             serve(
                 path,
                 config,
@@ -253,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             return rebuild_command(path)
     except ConfigError as error:
         print(f"walletgate: invalid config: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except CannotListen as error:
+        print(f"walletgate: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return 0
 

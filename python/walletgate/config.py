@@ -11,10 +11,11 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 IDEMPOTENCY_TTL_MIN_S = 604_800
 # The longest retention a config may set; a journal record naming a longer TTL is malformed.
@@ -162,6 +163,63 @@ class Config:
         return [secret for secret in found if secret]
 
 
+# Every key each table may hold: a key outside these is a typo ("prot" for "port", a singular
+# [[minigame.merchant]]) that would otherwise leave its setting at the default, silently.
+KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
+    "": frozenset(
+        {"server", "redis", "journal", "idempotency", "admin", "transfer", "minigame"}
+        | {"wallet_v2", "midas"}
+    ),
+    "server": frozenset(
+        {"host", "port", "workers", "max_body_bytes", "trusted_proxies", "backlog"}
+        | {"backpressure"}
+    ),
+    "redis": frozenset(
+        {"url", "cluster", "max_in_flight", "connect_timeout_ms", "command_timeout_ms"}
+        | {"queue_wait_ms", "connections"}
+    ),
+    "journal": frozenset(
+        {"dir", "flush_interval_ms", "max_lag_ms", "enabled", "buckets", "batch_records"}
+        | {"segment_max_bytes"}
+    ),
+    "idempotency": frozenset({"ttl_s", "midas_ttl_s"}),
+    "admin": frozenset({"token"}),
+    "transfer": frozenset({"token_ttl_s", "pending_ttl_s", "merchants"}),
+    "minigame": frozenset({"merchants"}),
+    "wallet_v2": frozenset({"agents"}),
+    "midas": frozenset({"apps"}),
+    "minigame.merchants": frozenset(
+        {"app_id", "key", "default_currency", "currencies", "enabled_types", "prefix"}
+    ),
+    "transfer.merchants": frozenset({"appid", "key", "default_currency", "currencies"}),
+    "wallet_v2.agents": frozenset({"wallet_token", "currencies", "ip_allowlist"}),
+    "midas.apps": frozenset({"appid", "offer_id", "app_key", "sandbox_app_key", "access_tokens"}),
+}
+
+
+def _check_known_keys(raw: Mapping[str, Any]) -> None:
+    """Refuse a key no table has, naming where it is (names only: values may be secrets)."""
+
+    def check(table: Mapping[str, Any], path: str, where: str) -> None:
+        unknown = sorted(str(key) for key in table if key not in KNOWN_KEYS[path])
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+    check(raw, "", "the config")
+    for name in KNOWN_KEYS[""]:
+        table = raw.get(name)
+        if not isinstance(table, dict):
+            continue  # absent, or refused with its own message by the parser
+        check(table, name, f"[{name}]")
+        for kind in ("merchants", "agents", "apps"):
+            path = f"{name}.{kind}"
+            entries = table.get(kind)
+            if path in KNOWN_KEYS and isinstance(entries, list):
+                for index, entry in enumerate(entries):
+                    if isinstance(entry, dict):
+                        check(entry, path, f"{path}[{index}]")
+
+
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
@@ -205,6 +263,17 @@ def _str_list(
     return tuple(value)
 
 
+def bind_address(value: str, where: str) -> str:
+    """An IP address to bind: Granian binds addresses, not host names (it fails after start)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(
+            f"{where} must be an IP address (such as 0.0.0.0 or ::), got {value!r}"
+        ) from None
+    return value
+
+
 def _networks(values: tuple[str, ...], where: str) -> tuple[IpNetwork, ...]:
     try:
         return tuple(ipaddress.ip_network(v, strict=False) for v in values)
@@ -231,9 +300,10 @@ def _entries(raw: Mapping[str, Any], family: str, kind: str) -> list[Mapping[str
 
 def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> Config:
     """Validate a parsed TOML document; raises :class:`ConfigError`."""
+    _check_known_keys(raw)
     server_raw = _table(raw, "server")
     server = ServerConfig(
-        host=_str(server_raw, "host", "server", "0.0.0.0"),
+        host=bind_address(_str(server_raw, "host", "server", "0.0.0.0"), "server.host"),
         port=_int(server_raw, "port", 8080, 0, 65535, "server"),
         workers=_int(server_raw, "workers", 1, 1, 64, "server"),
         max_body_bytes=_int(
@@ -258,6 +328,12 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
     )
     if not redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
+    try:
+        # urlsplit checks the port only when asked; a bad one would fail every worker later.
+        urllib.parse.urlsplit(redis.url).port  # noqa: B018
+    except ValueError:
+        # Not the url itself in the message: it may carry a password.
+        raise ConfigError("redis.url has a port that is not a number from 0 to 65535") from None
     journal_raw = _table(raw, "journal")
     journal = JournalConfig(
         dir=Path(_str(journal_raw, "dir", "journal", "/var/lib/walletgate/journal")),
