@@ -377,11 +377,11 @@ def test_served_process_smoke_metrics_secrets_and_sigterm(server: Server) -> Non
     leaked = sorted(secret for secret in server.secrets if secret.encode() in output)
     assert not leaked, f"secrets in the server's output: {leaked}"
     assert b"Traceback" not in output, output.decode(errors="replace")[-4000:]
-    access = [
-        orjson.loads(line)
-        for line in server.stdout.read_bytes().splitlines()
-        if line.startswith(b"{")
-    ]
+    # stdout is the access log alone (Granian's own lines go to stderr as JSON), so a log
+    # shipper can parse every line of it.
+    access = [orjson.loads(line) for line in server.stdout.read_bytes().splitlines() if line]
+    application = [orjson.loads(line) for line in server.stderr.read_bytes().splitlines() if line]
+    assert any(line.get("logger") == "_granian" for line in application)
     logged = [line for line in access if line.get("family") == "minigame"]
     assert len(logged) >= HAMMER_REQUESTS, len(logged)  # the access log is on, in JSON
     assert any(line.get("order_id") == "srv-order-1" for line in logged)

@@ -18,6 +18,7 @@ from walletgate import __version__
 from walletgate.config import Config, ConfigError, bind_address, load_config
 from walletgate.journal.archive import DEFAULT_COMPRESS_LEVEL
 from walletgate.journal.observer import SIDECAR_STATE_FILE
+from walletgate.logs import GRANIAN_LOG_CONFIG
 
 EXIT_CONFIG_ERROR = 2
 SIDECAR_STOP_TIMEOUT_S = 30.0
@@ -180,6 +181,7 @@ def serve(
         backlog=config.server.backlog,
         backpressure=config.server.backpressure,
         log_access=False,
+        log_dictconfig=GRANIAN_LOG_CONFIG,
         respawn_failed_workers=True,
     )
     try:

@@ -120,6 +120,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload).decode()
 
 
+# Granian's own loggers (its start, worker and shutdown lines), as dictConfig takes them: JSON on
+# stderr like the application logs, so that stdout carries the access log's JSON lines only.
+# Granian merges this over its defaults table by table, so both handlers are given in full.
+GRANIAN_LOG_CONFIG: dict[str, Any] = {
+    "formatters": {"json": {"()": "walletgate.logs.JsonFormatter"}},
+    "handlers": {
+        name: {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+        for name in ("console", "access")
+    },
+}
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

@@ -114,7 +114,7 @@ from walletgate.journal.streams import (
     stream_id_ms,
 )
 from walletgate.ledger import keys
-from walletgate.logs import loggable_tenant
+from walletgate.logs import configure_logging, loggable_tenant
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -1107,7 +1107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--lease-ms", type=int, default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         config = load_config(arguments.config)
     except ConfigError as error:
