@@ -724,6 +724,8 @@ def test_note_carries_refs_but_no_secrets(tmp_path: Path, redis_url: str) -> Non
         await call(client, {**BET, "round_id": 85})
         await call(client, {**BET, "bet": 5_000, "id": 9})
         await post(client, BET, "/wallet/v2/nobody")
+        # A refused session still logs the request's id.
+        await call(client, {**BET, "code": "nobody-code", "id": 11})
 
     run(tmp_path, redis_url, scenario, capture=captured)
     notes = captured[0].notes
@@ -735,4 +737,5 @@ def test_note_carries_refs_but_no_secrets(tmp_path: Path, redis_url: str) -> Non
     }
     assert notes[1]["result"] == "INSUFFICIENT_FUNDS"
     assert notes[2]["result"] == 404
+    assert (notes[3]["result"], notes[3]["refs"]) == ("INVALID_SESSION", {"id": 11})
     assert CODE not in repr(notes) and WALLET_TOKEN not in repr(notes)

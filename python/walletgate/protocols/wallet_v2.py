@@ -252,6 +252,11 @@ class WalletV2Handler:
         if not _valid_code(code):
             return error_body("BAD_REQUEST", None, _now_text(), "code")
         assert isinstance(code, str)
+        # The id goes into the access log even when the session is refused below (it is
+        # checked, with its own error, only after the session).
+        logged_id = parse_uint(body.get("id"))
+        if logged_id is not None:
+            state["refs"]["id"] = logged_id
         tenant = agent.wallet_token
         need_unexpired = op in ("credit", "bet")
         session = await self.sessions.lookup(tenant, code, need_unexpired=need_unexpired)
