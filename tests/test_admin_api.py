@@ -181,6 +181,22 @@ def test_every_route_answers_401_without_the_token_and_changes_nothing(
     assert good.status_code in (200, 201), good.text
 
 
+def test_other_paths_and_methods_get_401_then_the_json_error_body(gw: AsgiGateway) -> None:
+    """Under /admin/v1, a path no route has or a method a route does not take answers 401
+    without the token (as every admin call), and with it the spec's error body: 404, or 405
+    with Allow."""
+    account = f"/accounts/{MINIGAME_APP_ID}/{PLAYER}/usdt"
+    for method, path in (("GET", "/nope"), ("GET", "/sessions"), ("DELETE", account)):
+        refused = gw.admin(method, path, token="wrong-token-0123456789abcdef0123456")
+        assert (refused.status_code, refused.content) == (401, b""), (method, path)
+    missing = gw.admin("GET", "/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    for method, path, allowed in (("GET", "/sessions", "POST"), ("DELETE", account, "GET, HEAD")):
+        answer = gw.admin(method, path)
+        assert answer.status_code == 405 and answer.json()["error"] == "method_not_allowed"
+        assert answer.headers["allow"] == allowed, answer.headers
+
+
 # -- adjust ----------------------------------------------------------------------------------
 
 

@@ -217,14 +217,14 @@ def test_other_methods_and_paths_go_through_the_router(tmp_path: Path, redis_url
                 app, scope_for("GET", "/healthz", b"", declare_length=True), [b""]
             )
             assert status == 200
-            # A path that misses or adds a trailing slash is not found, never redirected
-            # (Wallet v2 with no token, for one).
-            for path in ("/wallet/v2", "/admin/v1/sessions/"):
+            # A path that misses or adds a trailing slash is never redirected: Wallet v2 with
+            # no token is not found, an admin path without the admin token is refused.
+            for path, expected in (("/wallet/v2", 404), ("/admin/v1/sessions/", 401)):
                 status, _, sent, _ = await call(
                     app, scope_for("POST", path, b"{}", declare_length=True), [b"{}"]
                 )
                 headers = dict(sent[0]["headers"])
-                assert (status, b"location" in headers) == (404, False), path
+                assert (status, b"location" in headers) == (expected, False), path
 
     asyncio.run(scenario())
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 from walletgate import _native
 from walletgate.config import Config
@@ -335,7 +335,7 @@ def admin_routes(
         return endpoint
 
     prefix = "/admin/v1"
-    return [
+    routes: list[Route] = [
         Route(
             prefix + "/accounts/{tenant}/{player}/{currency}/adjust",
             guarded("adjust", post_adjust),
@@ -353,6 +353,27 @@ def admin_routes(
             methods=["GET"],
         ),
     ]
+
+    async def other(request: Request, refs: dict[str, object]) -> Response:
+        """Any other path or method under the prefix: 401 without the token, as every admin
+        call; otherwise the spec's error body, 405 when the path is an admin route's."""
+        if not authorized(request):
+            return Response(status_code=401)
+        allowed = sorted(
+            method
+            for route in routes
+            if route.matches(request.scope)[0] == Match.PARTIAL
+            for method in route.methods or ()
+        )
+        if allowed:
+            response = error(405, "method_not_allowed", f"use {', '.join(allowed)}")
+            response.headers["allow"] = ", ".join(allowed)
+            return response
+        return error(404, "not_found", "no such admin route")
+
+    # Last, so that it answers only what no route above matches in full.
+    every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return [*routes, Route(prefix + "/{rest:path}", guarded("other", other), methods=every_method)]
 
 
 def stored_outcome(
