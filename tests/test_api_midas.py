@@ -166,7 +166,10 @@ def run_gateway(
     redis_url: str,
     body: Callable[[Gateway], Awaitable[None]],
     raw_config: dict[str, Any] | None = None,
+    notes: list[dict[str, Any]] | None = None,
 ) -> None:
+    """``notes`` (when given) gets what each request left for the access log."""
+
     async def scenario() -> None:
         if raw_config is None:
             config = make_config(tmp_path / "journal", redis_url)
@@ -174,7 +177,14 @@ def run_gateway(
             raw_config["redis"]["url"] = redis_url
             config = parse_config(raw_config)
         ctx = make_context(config)
-        transport = httpx.ASGITransport(app=make_app(routes(ctx)))
+        app = make_app(routes(ctx))
+
+        async def noting(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope, receive, send)
+            if notes is not None and scope["type"] == "http":
+                notes.append(scope.get("wg.log", {}))
+
+        transport = httpx.ASGITransport(app=noting)
         async with httpx.AsyncClient(transport=transport, base_url="http://walletgate") as client:
             try:
                 await body(Gateway(ctx, client))
@@ -294,6 +304,24 @@ def test_pay_vector_cancelpay_and_replays(tmp_path: Path, redis_url: str) -> Non
 
     run_gateway(tmp_path, redis_url, body)
     assert journal_kinds(redis_url) == ["save", "present", "pay", "save", "cancelpay"]
+
+
+def test_pay_item_and_app_remark_are_logged_once_signed(tmp_path: Path, redis_url: str) -> None:
+    """The spec logs a pay's pay_item and app_remark: they reach the access log (cut to a
+    bound, being free text), and only from a request whose signature held."""
+    notes: list[dict[str, Any]] = []
+
+    async def body(gw: Gateway) -> None:
+        await gw.session()
+        await gw.save(10)
+        params = base_params(amt=1, bill_no="LOG1", pay_item="item-42", app_remark="r" * 300)
+        assert (await gw.call(PAY, params))["errcode"] == 0
+        unsigned = dict(signed(dict(params, bill_no="LOG2"), PAY), pay_item="forged")
+        assert (await gw.post(PAY, unsigned))["errcode"] == 90011
+
+    run_gateway(tmp_path, redis_url, body, notes=notes)
+    assert notes[0]["refs"] == {"bill_no": "LOG1", "pay_item": "item-42", "app_remark": "r" * 256}
+    assert notes[1]["result"] == 90011 and "pay_item" not in notes[1]["refs"]
 
 
 def test_stored_outcomes_render_the_original_bodies(tmp_path: Path, redis_url: str) -> None:

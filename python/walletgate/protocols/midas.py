@@ -76,6 +76,7 @@ _ERROR_BODIES: Final = {
 BILL_NO_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-|*@]{1,63}")
 NOT_SIGNED: Final = frozenset({"sig", "mp_sig", "access_token"})
 MAX_ZONE_CHARS: Final = 64
+MAX_LOGGED_TEXT_CHARS: Final = 256
 UNITS_PER_COIN: Final = 10_000
 
 logger = logging.getLogger("walletgate")
@@ -161,7 +162,15 @@ class _Midas:
             except Exception:
                 logger.exception("midas %s failed", label)
                 code, payload = -1, None
-            note(request, FAMILY, label, code, bill_no=refs.get("bill_no"))
+            note(
+                request,
+                FAMILY,
+                label,
+                code,
+                bill_no=refs.get("bill_no"),
+                pay_item=refs.get("pay_item"),
+                app_remark=refs.get("app_remark"),
+            )
             body = _ERROR_BODIES[code] if payload is None else orjson.dumps(payload)
             return JsonResponse(body)
 
@@ -315,6 +324,12 @@ class _Midas:
             refs["bill_no"] = req.bill_no
         org_loc: str = request.scope["path"]
         mp_params = self._check_sig(req, org_loc, sandbox)
+        if api == "pay":
+            # The spec logs these; only once signed, and cut to a bound (they are free text).
+            for optional in ("pay_item", "app_remark"):
+                text = req.params.get(optional)
+                if isinstance(text, str):
+                    refs[optional] = text[:MAX_LOGGED_TEXT_CHARS]
         if api == "getbalance":
             return await self._getbalance(req, mp_params, org_loc, sandbox)
         session = await self._verified_session(req, mp_params, org_loc)
