@@ -297,6 +297,11 @@ def test_seed_payout_then_settlement_replay_closes_round(config: Config, redis_u
         assert api.counter("idempotent_replays_total") == 1
         # unknown_bet is not counted again on the replay
         assert api.counter("minigame_award_anomalies_total", (("reason", "unknown_bet"),)) == 3
+        # Every type 4 replay of a type 3 counts, also once the round is closed (nothing is
+        # left to close then); a retry of the same type is no type replay.
+        assert await api.post(BET, SEED_PAYOUT % (4, SEED_AWARDS)) == ok("34.66")
+        assert await api.post(BET, SEED_PAYOUT % (3, SEED_AWARDS)) == ok("34.66")
+        assert api.counter("minigame_type_replays_total", ()) == 2
 
     run_api(config, scenario)
     c = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -615,6 +620,15 @@ def test_10019_unsupported_currency(config: Config) -> None:
         assert await api.post(BET, bet_body(currency="eur")) == err(10019, "unsupported currency")
         body = {"app_id": "10013", "uname": "1006417", "currency": "eur", "timestamp": 1}
         assert await api.post(BALANCE, body) == err(10019, "unsupported currency")
+        # The spec's order: a wrong type (10023) or a missing field (10009) comes first, and an
+        # unknown player (10013) before a currency that is not configured.
+        no_timestamp = {k: v for k, v in body.items() if k != "timestamp"}
+        assert (await api.post(BALANCE, no_timestamp))["code"] == 10009
+        assert (await api.post(BALANCE, {**body, "timestamp": "1"}))["code"] == 10023
+        stranger = {**body, "uname": "nobody-here"}
+        assert await api.post(BALANCE, stranger) == err(10013, "player not found")
+        unknown_bet = bet_body("o-stranger", uname="nobody-here", currency="eur")
+        assert await api.post(BET, unknown_bet) == err(10013, "player not found")
 
     run_api(config, scenario)
 

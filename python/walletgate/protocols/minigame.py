@@ -394,6 +394,26 @@ class _Handlers:
         }
         return JsonResponse(orjson.dumps(payload))
 
+    async def _currency(self, merchant: _Merchant, value: Any, player: str) -> str:
+        """The configured currency the request names; called once every other field is valid.
+
+        The spec ranks an unknown player (10013) before a currency that is not configured
+        (10019): on that error path only, one read tells which of the two it is.
+        """
+        try:
+            return merchant.currency(value)
+        except _Reject as reject:
+            if reject.code == 10019:
+                known = await ledger_minigame.balances(
+                    self.ledger,
+                    tenant=merchant.app_id,
+                    player=player,
+                    currencies=(merchant.default_currency,),
+                )
+                if known is None:
+                    raise _Reject(10013) from None
+            raise
+
     # -- get_balance ---------------------------------------------------------------------------
 
     async def get_balance(self, request: Request) -> Response:
@@ -404,9 +424,9 @@ class _Handlers:
         data, merchant, trace_id = opened
         try:
             player = _player(data)
-            currency = merchant.currency(data.get("currency"))
             timestamp = _int(data, "timestamp")
             _optional_types(data)
+            currency = await self._currency(merchant, data.get("currency"), player)
             self._skew(timestamp)
             units = await ledger_minigame.balances(
                 self.ledger, tenant=merchant.app_id, player=player, currencies=(currency,)
@@ -454,7 +474,7 @@ class _Handlers:
                 _ref_id(cancel_order_id, MAX_ORDER_ID_CHARS)
             award_ids, award_sum = _awards(data.get("award_order_ids"))
             _check_rules(type_, money, bet, cancel_order_id, order_id)
-            currency = merchant.currency(data.get("currency"))
+            currency = await self._currency(merchant, data.get("currency"), player)
             self._skew(timestamp)
             refs: dict[str, Any] = {"order_id": order_id}
             if session_id:
@@ -510,7 +530,9 @@ class _Handlers:
             return balance_response(result.balance_units)
         if status == "replay":
             self.metrics.inc("idempotent_replays_total", LABELS)
-            if result.replay_closed_round and result.stored_type != type_:
+            # A replay that differs only in type, as a type 4 or with end_round: counted each
+            # time (the spec), whether or not a round was left to close.
+            if result.stored_type != type_ and (type_ == 4 or end_round):
                 self.metrics.inc("minigame_type_replays_total")
             note(request, FAMILY, endpoint, result.code, trace_id=trace_id, order_id=order_id)
             return stored_response(result.code, result.msg, result.balance_units)
