@@ -363,10 +363,15 @@ def test_cancel_refunds_in_the_bets_currency(redis_url: str) -> None:
         await change(ledger, "b1", 1, -20_000, bet=20_000, currency="usd")
         cancel = await change(ledger, "c1", 2, 20_000, cancel="b1")  # default currency usdt
         assert (cancel.effect, cancel.balance_units) == ("refund", 50_000)
+        # A second cancel refunds nothing, and answers the same currency's balance.
+        await fund(ledger, 7_000, ref="fund-usdt")  # so that the two balances differ
+        again = await change(ledger, "c2", 2, 20_000, cancel="b1")
+        assert (again.effect, again.balance_units) == ("noop", 50_000)
 
     run(scenario, redis_url)
     assert balance(redis_url, currency="usd") == 50_000
     assert tx(redis_url, "c1")["currency"] == "usd"
+    assert tx(redis_url, "c2")["currency"] == "usd"
 
 
 def test_award_anomalies(redis_url: str) -> None:

@@ -300,12 +300,15 @@ if target[2] ~= 'bet' and target[2] ~= 'fee' and target[2] ~= 'tombstone' then
   return {'bad_cancel', '0', '0', ''}
 end
 if target[1] ~= 'applied' or target[5] then
-  -- Already cancelled, tombstoned, or a stored rejection: nothing to refund.
-  local balance, seq = mg_move(currency, '0')
-  store_own('applied', '1', 'ok', currency, '0', balance, seq,
+  -- Already cancelled, tombstoned, or a stored rejection: nothing to refund. The answer gives
+  -- the balance in the bet's currency, as the refund of the first cancel did.
+  local bet_currency = target[4]
+  if not bet_currency or bet_currency == '' then bet_currency = currency end
+  local balance, seq = mg_move(bet_currency, '0')
+  store_own('applied', '1', 'ok', bet_currency, '0', balance, seq,
     {'cancel_of', cancel_order_id, 'effect', 'noop'})
   if end_round then close_round() end
-  wg_journal(currency, seq, 'cancel', '0', balance, '1')
+  wg_journal(bet_currency, seq, 'cancel', '0', balance, '1')
   return {'applied', '1', balance, 'ok', 'noop', '0', '0', '0'}
 end
 if target[6] then
