@@ -388,33 +388,27 @@ def test_served_process_smoke_metrics_secrets_and_sigterm(server: Server) -> Non
     assert any(line.get("trace_id") for line in logged)
 
 
-def test_an_invalid_config_exits_non_zero_before_binding(tmp_path: Path) -> None:
-    raw = gateway_helpers.config_dict(tmp_path / "journal")
-    raw["admin"]["token"] = "too-short-secret"
-    config_path = write_config(tmp_path / "walletgate.toml", raw)
-    port = free_port()
+def serve_and_exit(config_path: Path, *flags: str) -> subprocess.CompletedProcess[bytes]:
+    """``walletgate serve`` with this source tree, for a config it must refuse (it exits)."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "python"), *filter(None, [environment.get("PYTHONPATH")])]
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "walletgate.cli",
-            "serve",
-            "--config",
-            str(config_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+    return subprocess.run(
+        [sys.executable, "-m", "walletgate.cli", "serve", "--config", str(config_path), *flags],
         capture_output=True,
         env=environment,
         timeout=60,
         check=False,
     )
+
+
+def test_an_invalid_config_exits_non_zero_before_binding(tmp_path: Path) -> None:
+    raw = gateway_helpers.config_dict(tmp_path / "journal")
+    raw["admin"]["token"] = "too-short-secret"
+    config_path = write_config(tmp_path / "walletgate.toml", raw)
+    port = free_port()
+    result = serve_and_exit(config_path, "--host", "127.0.0.1", "--port", str(port))
     assert result.returncode != 0, result
     assert b"admin.token" in result.stderr, result.stderr
     assert b"too-short-secret" not in result.stdout + result.stderr  # not even a bad secret
@@ -431,10 +425,6 @@ def test_a_taken_port_or_a_typo_exits_2_with_a_message_before_starting(tmp_path:
     typo = write_config(
         tmp_path / "typo.toml", {**raw, "server": {**raw.get("server", {}), "prot": 9999}}
     )
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "python"), *filter(None, [environment.get("PYTHONPATH")])]
-    )
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -447,21 +437,7 @@ def test_a_taken_port_or_a_typo_exits_2_with_a_message_before_starting(tmp_path:
     ]
     try:
         for config_path, flags, message in cases:
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "walletgate.cli",
-                    "serve",
-                    "--config",
-                    str(config_path),
-                    *flags,
-                ],
-                capture_output=True,
-                env=environment,
-                timeout=60,
-                check=False,
-            )
+            result = serve_and_exit(config_path, *flags)
             assert result.returncode == 2, (flags, result)
             assert message in result.stderr and b"Traceback" not in result.stderr, result.stderr
             assert result.stderr.count(b"\n") == 1, result.stderr
