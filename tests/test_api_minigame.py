@@ -633,6 +633,28 @@ def test_10019_unsupported_currency(config: Config) -> None:
     run_api(config, scenario)
 
 
+def test_several_faults_get_the_first_code_in_the_spec_order(config: Config) -> None:
+    """Step 4 lists wrong JSON type (10023), then a bad or missing field (10009), then an unknown
+    player (10013), then an unsupported currency (10019): with several faults in one request,
+    the first of these answers, whatever the fields' order."""
+
+    async def scenario(api: Api) -> None:
+        await api.fund("1006417", 100_000)
+        type_and_format = bet_body("o-tf", money="1e3", timestamp="1")
+        assert (await api.post(BET, type_and_format))["code"] == 10023
+        missing_then_type = {k: v for k, v in bet_body("o-mt").items() if k != "uname"}
+        assert (await api.post(BET, {**missing_then_type, "end_round": "yes"}))["code"] == 10023
+        impossible_player = bet_body("o-ip", uname="a:b", money="1.00001")
+        assert (await api.post(BET, impossible_player))["code"] == 10009
+        balance = {"app_id": "10013", "uname": "a:b"}  # no timestamp
+        assert (await api.post(BALANCE, balance))["code"] == 10009
+        assert (await api.post(BALANCE, {**balance, "timestamp": 1}))["code"] == 10013
+        verify = {"app_id": "10013", "operator_player_session": 7}  # no timestamp
+        assert (await api.post(VERIFY, verify))["code"] == 10023
+
+    run_api(config, scenario)
+
+
 def test_10021_transfer_merchant(config: Config) -> None:
     async def scenario(api: Api) -> None:
         for path in (BET, BALANCE, VERIFY, LUCK_BET):

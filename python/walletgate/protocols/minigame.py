@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.requests import Request
@@ -155,6 +155,49 @@ def _str(data: Mapping[str, Any], name: str) -> str:
     return value
 
 
+# The JSON types each endpoint's fields may have, by Python type as the native parser gives
+# them (a JSON number that is not an integer literal is a JsonDecimal; bool is its own type).
+_TEXT: Final = (str,)
+_WHOLE: Final = (int, _native.JsonDecimal)  # a JsonDecimal here is a format fault (10009)
+_AMOUNT: Final = (str, int, _native.JsonDecimal)
+VERIFY_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "timestamp": _WHOLE,
+    "operator_player_session": _TEXT,
+    "ip": _TEXT,
+    "custom_parameter": _TEXT,
+}
+BALANCE_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "uname": _TEXT,
+    "currency": _TEXT,
+    "timestamp": _WHOLE,
+    "game_id": _WHOLE,
+    "player_login_token": _TEXT,
+}
+CHANGE_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "order_id": _TEXT,
+    "uname": _TEXT,
+    "currency": _TEXT,
+    "type": _WHOLE,
+    "money": _AMOUNT,
+    "bet": _AMOUNT,
+    "timestamp": _WHOLE,
+    "session_id": _TEXT,
+    "end_round": (bool,),
+    "cancel_order_id": _TEXT,
+    "award_order_ids": (list,),
+}
+
+
+def _check_json_types(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]]) -> None:
+    """The spec's validation order puts a wrong JSON type (10023) before every other fault
+    (10009, then 10013 and 10019): each present field's type is checked before any field's
+    format. An absent or null field is left to the format checks (10009 when required)."""
+    for name, allowed in types.items():
+        value = data.get(name)
+        if value is not None and type(value) not in allowed:
+            raise _Reject(10023)
+
+
 def _opt_str(data: Mapping[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is not None and type(value) is not str:
@@ -215,10 +258,6 @@ def _player(data: Mapping[str, Any]) -> str:
     player = _str(data, "uname")
     if not player or not player.isprintable():
         raise _Reject(10009)
-    if not keys.valid_identifier(player):
-        # A well-formed string that no player can have (":", "{", "}" or too long for a key):
-        # the answer is the unknown player's, as for any other name nobody registered.
-        raise _Reject(10013)
     return player
 
 
@@ -355,6 +394,7 @@ class _Handlers:
             return opened
         data, merchant, trace_id = opened
         try:
+            _check_json_types(data, VERIFY_TYPES)
             timestamp = _int(data, "timestamp")
             token = _str(data, "operator_player_session")
             _opt_str(data, "ip")
@@ -400,6 +440,10 @@ class _Handlers:
         The spec ranks an unknown player (10013) before a currency that is not configured
         (10019): on that error path only, one read tells which of the two it is.
         """
+        if not keys.valid_identifier(player):
+            # A well-formed name that no player can have (":", "{", "}" or too long for a key)
+            # is answered as any other name nobody registered, once the fields are valid.
+            raise _Reject(10013)
         try:
             return merchant.currency(value)
         except _Reject as reject:
@@ -423,6 +467,7 @@ class _Handlers:
             return opened
         data, merchant, trace_id = opened
         try:
+            _check_json_types(data, BALANCE_TYPES)
             player = _player(data)
             timestamp = _int(data, "timestamp")
             _optional_types(data)
@@ -448,6 +493,7 @@ class _Handlers:
         data, merchant, trace_id = opened
         order_id: str | None = None
         try:
+            _check_json_types(data, CHANGE_TYPES)
             order_id = _ref_id(_str(data, "order_id"), MAX_ORDER_ID_CHARS)
             player = _player(data)
             type_ = data.get("type")
