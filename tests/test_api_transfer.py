@@ -437,15 +437,24 @@ def test_transfer_missing_field(tmp_path: Path, redis_url: str, missing: str) ->
     run(tmp_path, redis_url, scenario)
 
 
-def test_transfer_fields_are_checked_in_the_table_order(tmp_path: Path, redis_url: str) -> None:
-    """The spec's transfer table lists appid, token, then timestamp: a missing token is the
-    first error (10009) even when the timestamp has the wrong type (10023)."""
+def test_transfer_faults_answer_in_the_seamless_step_order(tmp_path: Path, redis_url: str) -> None:
+    """Transfer follows the seamless steps: with several faults in one request, a wrong JSON
+    type (10023) answers before a missing field or a bad format (10009), and those before the
+    token (10011) and the currency (10019)."""
 
     async def scenario(gw: Gateway) -> None:
         body = {"appid": APPID, "timestamp": "x", "currency": "usdt", "amount": "1", "tx_id": "o"}
+        assert await gw.raw(TRANSFER, orjson.dumps(body)) == error(10023, proto.MESSAGES[10023])
+        body["timestamp"] = TS
         assert await gw.raw(TRANSFER, orjson.dumps(body)) == error(10009, "illegal parameter")
         body["token"] = 5
         assert await gw.raw(TRANSFER, orjson.dumps(body)) == error(10023, proto.MESSAGES[10023])
+        # An unknown token and an unsupported currency: the token (the player) answers first.
+        stranger = {**body, "token": "no-such-token", "currency": "eur"}
+        assert await gw.post(TRANSFER, stranger) == error(10011, "token invalid")
+        assert await gw.post(WALLET, {"token": "no-such-token", "currency": "eur"}) == error(
+            10011, "token invalid"
+        )
 
     run(tmp_path, redis_url, scenario)
 

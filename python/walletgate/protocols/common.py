@@ -8,7 +8,7 @@ middleware emits it, so a handler never formats a log line itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -177,6 +177,27 @@ def note(request: Request, family: str, endpoint: str, result: object, **refs: o
 def is_int(value: Any) -> TypeGuard[int]:
     """A JSON integer (``bool`` is a distinct JSON type and does not count)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def has_wrong_json_type(
+    data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]], *, null_is_missing: bool
+) -> bool:
+    """True when a present field has a JSON type its endpoint does not take (by Python type as
+    the native parser gives them: a non-integer number is a JsonDecimal, bool is its own type).
+
+    MINI.GAME answers that (10023) before any other fault, so each endpoint checks every
+    field's type before any field's format. ``null_is_missing``: a JSON null counts as absent
+    (seamless) or as a wrong type (transfer), as each family's field checks already treat it.
+    """
+    for name, allowed in types.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if value is None and null_is_missing:
+            continue
+        if type(value) not in allowed:
+            return True
+    return False
 
 
 def parse_uint(value: Any, maximum: int = UINT64_MAX) -> int | None:

@@ -31,6 +31,7 @@ from walletgate.protocols.common import (
     BodyTooLarge,
     GatewayContext,
     JsonResponse,
+    has_wrong_json_type,
     merchant_id_only,
     note,
     parse_object,
@@ -190,12 +191,9 @@ CHANGE_TYPES: Final[dict[str, tuple[type, ...]]] = {
 
 def _check_json_types(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]]) -> None:
     """The spec's validation order puts a wrong JSON type (10023) before every other fault
-    (10009, then 10013 and 10019): each present field's type is checked before any field's
-    format. An absent or null field is left to the format checks (10009 when required)."""
-    for name, allowed in types.items():
-        value = data.get(name)
-        if value is not None and type(value) not in allowed:
-            raise _Reject(10023)
+    (10009, then 10013 and 10019). An absent or null field is left to the format checks."""
+    if has_wrong_json_type(data, types, null_is_missing=True):
+        raise _Reject(10023)
 
 
 def _opt_str(data: Mapping[str, Any], name: str) -> str | None:

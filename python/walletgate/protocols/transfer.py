@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
 
 import orjson
 from starlette.requests import Request
@@ -38,6 +38,7 @@ from walletgate.protocols.common import (
     BodyTooLarge,
     GatewayContext,
     JsonResponse,
+    has_wrong_json_type,
     is_int,
     json_response,
     merchant_id_only,
@@ -170,6 +171,38 @@ def _currency(merchant: TransferMerchant, requested: str) -> str:
     return currency
 
 
+# The JSON types each endpoint's fields may have (the seamless steps: a wrong type, 10023,
+# answers before any format fault). A null is a wrong type here, as the field checks treat it.
+_WHOLE: Final = (int, _native.JsonDecimal)  # a JsonDecimal is a format fault (10009) after
+AUTHORIZE_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "timestamp": _WHOLE,
+    "uname": (str,),
+    "nickname": (str,),
+}
+TRANSFER_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "token": (str,),
+    "timestamp": _WHOLE,
+    "currency": (str,),
+    "amount": (str, int, _native.JsonDecimal),
+    "tx_id": (str,),
+}
+STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "timestamp": _WHOLE,
+    "token": (str,),
+    "tx_id": (str,),
+}
+WALLET_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "timestamp": _WHOLE,
+    "token": (str,),
+    "currency": (str,),
+}
+
+
+def _check_json_types(body: Body, types: Mapping[str, tuple[type, ...]]) -> None:
+    if has_wrong_json_type(body, types, null_is_missing=False):
+        raise _Reject(TYPE_MISMATCH)
+
+
 Work = Callable[[TransferMerchant, Body, Refs], Awaitable[dict[str, Any]]]
 
 
@@ -265,6 +298,7 @@ class _TransferApi:
     async def _authorize(
         self, merchant: TransferMerchant, body: Body, refs: Refs
     ) -> dict[str, Any]:
+        _check_json_types(body, AUTHORIZE_TYPES)
         self._timestamp(body)
         uname = _string(body, "uname")
         nickname = _string(body, "nickname")
@@ -291,6 +325,7 @@ class _TransferApi:
         )
 
     async def _transfer(self, merchant: TransferMerchant, body: Body, refs: Refs) -> dict[str, Any]:
+        _check_json_types(body, TRANSFER_TYPES)
         # The spec's table lists token before timestamp here (not in status or getPlayerWallet).
         token = _string(body, "token")
         self._timestamp(body)
@@ -298,8 +333,9 @@ class _TransferApi:
         amount_units = _amount(body)
         tx_id = _tx_id(body)
         refs["tx_id"] = tx_id
-        currency = _currency(merchant, requested_currency)
+        # The player (10011) before the currency (10019), as the seamless steps rank them.
         player = await self._player(merchant, token)
+        currency = _currency(merchant, requested_currency)
         result = await ledger_transfer.transfer(
             self.ledger,
             tenant=merchant.appid,
@@ -326,6 +362,7 @@ class _TransferApi:
         raise _Reject(INTERNAL_ERROR)
 
     async def _status(self, merchant: TransferMerchant, body: Body, refs: Refs) -> dict[str, Any]:
+        _check_json_types(body, STATUS_TYPES)
         self._timestamp(body)
         token = _string(body, "token")
         tx_id = _tx_id(body)
@@ -345,10 +382,12 @@ class _TransferApi:
         )
 
     async def _wallet(self, merchant: TransferMerchant, body: Body, refs: Refs) -> dict[str, Any]:
+        _check_json_types(body, WALLET_TYPES)
         self._timestamp(body)
         token = _string(body, "token")
-        currency = _currency(merchant, _string(body, "currency"))
+        requested_currency = _string(body, "currency")
         player = await self._player(merchant, token)
+        currency = _currency(merchant, requested_currency)
         balance_units = await ledger_transfer.wallet_balance(
             self.ledger, tenant=merchant.appid, player=player, currency=currency
         )
