@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Final, TypeGuard
 
 import orjson
 from starlette.requests import Request
@@ -177,6 +177,14 @@ def note(request: Request, family: str, endpoint: str, result: object, **refs: o
 def is_int(value: Any) -> TypeGuard[int]:
     """A JSON integer (``bool`` is a distinct JSON type and does not count)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# JSON types by the Python type the native parser gives them, for has_wrong_json_type: a JSON
+# number that is not an integer literal is a JsonDecimal (the right type for an integer field,
+# but a format fault); bool is its own type.
+JSON_TEXT: Final = (str,)
+JSON_WHOLE: Final = (int, _native.JsonDecimal)
+JSON_AMOUNT: Final = (str, int, _native.JsonDecimal)
 
 
 def has_wrong_json_type(

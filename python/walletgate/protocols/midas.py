@@ -162,15 +162,7 @@ class _Midas:
             except Exception:
                 logger.exception("midas %s failed", label)
                 code, payload = -1, None
-            note(
-                request,
-                FAMILY,
-                label,
-                code,
-                bill_no=refs.get("bill_no"),
-                pay_item=refs.get("pay_item"),
-                app_remark=refs.get("app_remark"),
-            )
+            note(request, FAMILY, label, code, **refs)
             body = _ERROR_BODIES[code] if payload is None else orjson.dumps(payload)
             return JsonResponse(body)
 

@@ -28,6 +28,9 @@ from walletgate.ledger.core import INT64_MAX
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.sessions import lookup_session
 from walletgate.protocols.common import (
+    JSON_AMOUNT,
+    JSON_TEXT,
+    JSON_WHOLE,
     BodyTooLarge,
     GatewayContext,
     JsonResponse,
@@ -156,35 +159,31 @@ def _str(data: Mapping[str, Any], name: str) -> str:
     return value
 
 
-# The JSON types each endpoint's fields may have, by Python type as the native parser gives
-# them (a JSON number that is not an integer literal is a JsonDecimal; bool is its own type).
-_TEXT: Final = (str,)
-_WHOLE: Final = (int, _native.JsonDecimal)  # a JsonDecimal here is a format fault (10009)
-_AMOUNT: Final = (str, int, _native.JsonDecimal)
+# The JSON types each endpoint's fields may have (see has_wrong_json_type).
 VERIFY_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "timestamp": _WHOLE,
-    "operator_player_session": _TEXT,
-    "ip": _TEXT,
-    "custom_parameter": _TEXT,
+    "timestamp": JSON_WHOLE,
+    "operator_player_session": JSON_TEXT,
+    "ip": JSON_TEXT,
+    "custom_parameter": JSON_TEXT,
 }
 BALANCE_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "uname": _TEXT,
-    "currency": _TEXT,
-    "timestamp": _WHOLE,
-    "game_id": _WHOLE,
-    "player_login_token": _TEXT,
+    "uname": JSON_TEXT,
+    "currency": JSON_TEXT,
+    "timestamp": JSON_WHOLE,
+    "game_id": JSON_WHOLE,
+    "player_login_token": JSON_TEXT,
 }
 CHANGE_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "order_id": _TEXT,
-    "uname": _TEXT,
-    "currency": _TEXT,
-    "type": _WHOLE,
-    "money": _AMOUNT,
-    "bet": _AMOUNT,
-    "timestamp": _WHOLE,
-    "session_id": _TEXT,
+    "order_id": JSON_TEXT,
+    "uname": JSON_TEXT,
+    "currency": JSON_TEXT,
+    "type": JSON_WHOLE,
+    "money": JSON_AMOUNT,
+    "bet": JSON_AMOUNT,
+    "timestamp": JSON_WHOLE,
+    "session_id": JSON_TEXT,
     "end_round": (bool,),
-    "cancel_order_id": _TEXT,
+    "cancel_order_id": JSON_TEXT,
     "award_order_ids": (list,),
 }
 
@@ -224,14 +223,12 @@ def _int(data: Mapping[str, Any], name: str) -> int:
     return number
 
 
-def _optional_types(data: Mapping[str, Any]) -> None:
-    """get_balance's typed optional fields: checked for their JSON type only when present."""
+def _optional_game_id(data: Mapping[str, Any]) -> None:
+    """get_balance's optional game_id, when present, must be an integer literal (its JSON type
+    was checked with the others)."""
     game_id = data.get("game_id")
     if game_id is not None:
         _integer(game_id)
-    token = data.get("player_login_token")
-    if token is not None and type(token) is not str:
-        raise _Reject(10023)
 
 
 def _money(value: Any) -> int:
@@ -395,8 +392,6 @@ class _Handlers:
             _check_json_types(data, VERIFY_TYPES)
             timestamp = _int(data, "timestamp")
             token = _str(data, "operator_player_session")
-            _opt_str(data, "ip")
-            _opt_str(data, "custom_parameter")
             if not 0 < len(token) <= MAX_TOKEN_CHARS or not token.isprintable():
                 raise _Reject(10011)
             self._skew(timestamp)
@@ -432,8 +427,9 @@ class _Handlers:
         }
         return JsonResponse(orjson.dumps(payload))
 
-    async def _currency(self, merchant: _Merchant, value: Any, player: str) -> str:
-        """The configured currency the request names; called once every other field is valid.
+    async def _player_currency(self, merchant: _Merchant, value: Any, player: str) -> str:
+        """The configured currency the request names, once the player is one that can exist;
+        called after every other field is valid.
 
         The spec ranks an unknown player (10013) before a currency that is not configured
         (10019): on that error path only, one read tells which of the two it is.
@@ -468,8 +464,8 @@ class _Handlers:
             _check_json_types(data, BALANCE_TYPES)
             player = _player(data)
             timestamp = _int(data, "timestamp")
-            _optional_types(data)
-            currency = await self._currency(merchant, data.get("currency"), player)
+            _optional_game_id(data)
+            currency = await self._player_currency(merchant, data.get("currency"), player)
             self._skew(timestamp)
             units = await ledger_minigame.balances(
                 self.ledger, tenant=merchant.app_id, player=player, currencies=(currency,)
@@ -508,17 +504,13 @@ class _Handlers:
                 _ref_id(session_id, MAX_SESSION_ID_CHARS)
             elif type_ <= 4:
                 raise _Reject(10009)
-            end_round = data.get("end_round")
-            if end_round is None:
-                end_round = False
-            elif type(end_round) is not bool:
-                raise _Reject(10023)
+            end_round: bool = data.get("end_round") or False  # a bool or absent: types checked
             cancel_order_id = _opt_str(data, "cancel_order_id") or ""
             if cancel_order_id:
                 _ref_id(cancel_order_id, MAX_ORDER_ID_CHARS)
             award_ids, award_sum = _awards(data.get("award_order_ids"))
             _check_rules(type_, money, bet, cancel_order_id, order_id)
-            currency = await self._currency(merchant, data.get("currency"), player)
+            currency = await self._player_currency(merchant, data.get("currency"), player)
             self._skew(timestamp)
             refs: dict[str, Any] = {"order_id": order_id}
             if session_id:

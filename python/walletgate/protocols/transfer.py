@@ -35,6 +35,9 @@ from walletgate.ledger import transfer as ledger_transfer
 from walletgate.ledger.core import INT64_MAX
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.protocols.common import (
+    JSON_AMOUNT,
+    JSON_TEXT,
+    JSON_WHOLE,
     BodyTooLarge,
     GatewayContext,
     JsonResponse,
@@ -173,28 +176,27 @@ def _currency(merchant: TransferMerchant, requested: str) -> str:
 
 # The JSON types each endpoint's fields may have (the seamless steps: a wrong type, 10023,
 # answers before any format fault). A null is a wrong type here, as the field checks treat it.
-_WHOLE: Final = (int, _native.JsonDecimal)  # a JsonDecimal is a format fault (10009) after
 AUTHORIZE_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "timestamp": _WHOLE,
-    "uname": (str,),
-    "nickname": (str,),
+    "timestamp": JSON_WHOLE,
+    "uname": JSON_TEXT,
+    "nickname": JSON_TEXT,
 }
 TRANSFER_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "token": (str,),
-    "timestamp": _WHOLE,
-    "currency": (str,),
-    "amount": (str, int, _native.JsonDecimal),
-    "tx_id": (str,),
+    "token": JSON_TEXT,
+    "timestamp": JSON_WHOLE,
+    "currency": JSON_TEXT,
+    "amount": JSON_AMOUNT,
+    "tx_id": JSON_TEXT,
 }
 STATUS_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "timestamp": _WHOLE,
-    "token": (str,),
-    "tx_id": (str,),
+    "timestamp": JSON_WHOLE,
+    "token": JSON_TEXT,
+    "tx_id": JSON_TEXT,
 }
 WALLET_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "timestamp": _WHOLE,
-    "token": (str,),
-    "currency": (str,),
+    "timestamp": JSON_WHOLE,
+    "token": JSON_TEXT,
+    "currency": JSON_TEXT,
 }
 
 
@@ -326,7 +328,6 @@ class _TransferApi:
 
     async def _transfer(self, merchant: TransferMerchant, body: Body, refs: Refs) -> dict[str, Any]:
         _check_json_types(body, TRANSFER_TYPES)
-        # The spec's table lists token before timestamp here (not in status or getPlayerWallet).
         token = _string(body, "token")
         self._timestamp(body)
         requested_currency = _string(body, "currency")
