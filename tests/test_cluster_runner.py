@@ -13,6 +13,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from cluster import RedisCluster
 from walletgate.config import RedisConfig
+from walletgate.journal.streams import connect as journal_connect
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.cluster_runner import ClusterRunner
@@ -372,3 +373,47 @@ def test_a_node_out_of_the_slot_map_is_closed_at_the_second_reload() -> None:
         await runner.close()
 
     run(scenario)
+
+
+@pytest.mark.cluster
+def test_seed_nodes_stand_in_for_a_url_node_that_is_down(cluster: RedisCluster) -> None:
+    """With the url's node down (port 1 refuses), the hot path, the admin client and the journal
+    tools all find the cluster through ``[redis] seeds``, trying them in order."""
+    config = RedisConfig(
+        url="redis://127.0.0.1:1/0",
+        cluster=True,
+        connect_timeout_ms=200,
+        seeds=(("127.0.0.1", 2), ("127.0.0.1", cluster.ports[1])),
+    )
+
+    async def scenario() -> None:
+        runner = make_runner(config)
+        assert isinstance(runner, ClusterRunner)
+        owners = set()
+        for port in cluster.ports:
+            key, slot = key_in_slot_owned_by(cluster, port, "seeded")
+            assert await runner.run(SET_ONE, [key], [str(slot)]) == b"stored"
+            owners.add(port)
+        assert owners == set(cluster.ports)
+        assert await runner.primary_slots() and runner.in_flight == 0
+        await runner.close()
+
+        admin = make_admin_client(config)
+        tools = journal_connect(config)
+        for port in cluster.ports:
+            key, slot = key_in_slot_owned_by(cluster, port, "seeded")
+            assert await admin.get(key) == str(slot).encode()
+            assert await tools.get(key) == str(slot).encode()
+        await admin.aclose()
+        await tools.aclose()
+
+    run(scenario)
+
+    # Without the seeds, the same url finds no cluster: the seeds are what made it work.
+    async def without_seeds() -> None:
+        runner = make_runner(RedisConfig(url=config.url, cluster=True, connect_timeout_ms=200))
+        with pytest.raises(LedgerUnavailable):
+            await runner.run(SET_ONE, ["seeded:{0}"], ["v"])
+        await runner.close()
+
+    run(without_seeds)

@@ -115,3 +115,23 @@ def test_unknown_keys_bad_hosts_and_bad_redis_ports_are_refused_by_name(tmp_path
         with pytest.raises(ConfigError, match=message) as refused:
             parse_config(broken)
         assert merchant["key"] not in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_cluster_seeds_are_host_port_pairs_for_a_cluster_only(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path / "journal")
+    seeds = ["10.0.0.2:7001", "[::1]:7002", "redis-b.internal:6379"]
+    config = parse_config({**raw, "redis": {"cluster": True, "seeds": seeds}})
+    assert config.redis.seeds == (("10.0.0.2", 7001), ("::1", 7002), ("redis-b.internal", 6379))
+    assert parse_config(raw).redis.seeds == ()
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"seeds": seeds}, r"redis.seeds needs redis.cluster = true"),
+        ({"cluster": True, "seeds": ["10.0.0.2"]}, r"redis.seeds: '10.0.0.2' is not host:port"),
+        ({"cluster": True, "seeds": ["10.0.0.2:0"]}, r"is not host:port"),
+        ({"cluster": True, "seeds": ["10.0.0.2:65536"]}, r"is not host:port"),
+        ({"cluster": True, "seeds": [":7001"]}, r"is not host:port"),
+        ({"cluster": True, "seeds": "10.0.0.2:7001"}, r"redis.seeds must be a list"),
+        ({"cluster": True, "seeds": [f"10.0.0.{i}:7001" for i in range(17)]}, r"more than 16"),
+    ]
+    for redis_raw, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**raw, "redis": redis_raw})

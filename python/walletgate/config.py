@@ -23,6 +23,8 @@ MAX_TTL_S = 10 * 365 * 86400
 MIDAS_TTL_MIN_S = 172_800
 ADMIN_TOKEN_MIN_CHARS = 32
 MAX_BODY_BYTES_LIMIT = 1_048_576
+# Extra cluster seed nodes: a few per availability zone is plenty; the slot map names the rest.
+MAX_REDIS_SEEDS = 16
 # \Z, not $: "$" also matches before a final newline, which no token may hold.
 WALLET_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,40}\Z")
 MINIGAME_OPTIONAL_TYPES = frozenset({5, 6, 7})
@@ -55,6 +57,9 @@ class RedisConfig:
     command_timeout_ms: int = 2000
     queue_wait_ms: int = 200
     connections: int = 1
+    # More cluster nodes ("host:port") to ask for the slot map when the url's node does not
+    # answer; credentials and TLS are the url's. Cluster only.
+    seeds: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +181,7 @@ KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
     ),
     "redis": frozenset(
         {"url", "cluster", "max_in_flight", "connect_timeout_ms", "command_timeout_ms"}
-        | {"queue_wait_ms", "connections"}
+        | {"queue_wait_ms", "connections", "seeds"}
     ),
     "journal": frozenset(
         {"dir", "flush_interval_ms", "max_lag_ms", "enabled", "buckets", "batch_records"}
@@ -274,6 +279,16 @@ def bind_address(value: str, where: str) -> str:
     return value
 
 
+def _endpoint(value: str, where: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for an IPv6 address) of a Redis node."""
+    host, separator, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not separator or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{where}: {value!r} is not host:port (a port from 1 to 65535)")
+    return host, int(port_text)
+
+
 def _networks(values: tuple[str, ...], where: str) -> tuple[IpNetwork, ...]:
     try:
         return tuple(ipaddress.ip_network(v, strict=False) for v in values)
@@ -325,7 +340,15 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         command_timeout_ms=_int(redis_raw, "command_timeout_ms", 2000, 10, 60_000, "redis"),
         queue_wait_ms=_int(redis_raw, "queue_wait_ms", 200, 0, 60_000, "redis"),
         connections=_int(redis_raw, "connections", 1, 1, 64, "redis"),
+        seeds=tuple(
+            _endpoint(seed, "redis.seeds")
+            for seed in _str_list(redis_raw, "seeds", "redis", allow_empty=True)
+        ),
     )
+    if redis.seeds and not redis.cluster:
+        raise ConfigError("redis.seeds needs redis.cluster = true (a standalone Redis has one url)")
+    if len(redis.seeds) > MAX_REDIS_SEEDS:
+        raise ConfigError(f"redis.seeds holds more than {MAX_REDIS_SEEDS} nodes")
     if not redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
     try:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from walletgate.config import RedisConfig
 from walletgate.journal.records import text
 from walletgate.journal.scripts import READ_STREAMS_LUA, STREAM_LENGTHS_LUA
+from walletgate.ledger.connect import cluster_seed_nodes
 
 # redis-py's asyncio methods are annotated as returning ``Awaitable[T] | T``, which mypy cannot
 # await, and ``Redis`` and ``RedisCluster`` share no typed base. The journal therefore keeps the
@@ -47,7 +48,9 @@ def connect(redis_config: RedisConfig, *, max_connections: int = 32) -> RedisCli
         "socket_timeout": max(redis_config.command_timeout_ms / 1000, 10.0),
     }
     if redis_config.cluster:
-        return RedisCluster.from_url(redis_config.url, **timeouts)
+        return RedisCluster.from_url(
+            redis_config.url, startup_nodes=cluster_seed_nodes(redis_config), **timeouts
+        )
     from redis.asyncio import Redis
 
     return Redis.from_url(redis_config.url, max_connections=max_connections, **timeouts)

@@ -86,8 +86,10 @@ class ClusterRunner:
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> ClusterRunner:
+        url_node = parse_redis_url(config.url)
+        seeds = [url_node, *(url_node.with_endpoint(host, port) for host, port in config.seeds)]
         return cls(
-            [parse_redis_url(config.url)],
+            seeds,
             max_in_flight=config.max_in_flight,
             queue_wait_ms=config.queue_wait_ms,
             connect_timeout_ms=config.connect_timeout_ms,

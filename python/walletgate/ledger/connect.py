@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -35,6 +36,12 @@ def make_runner(config: RedisConfig) -> ScriptRunner:
     return FastRedisRunner.from_config(config)
 
 
+def cluster_seed_nodes(config: RedisConfig) -> list[redis.asyncio.cluster.ClusterNode]:
+    """``[redis] seeds`` as redis-py's startup nodes; it adds the url's own node to them and
+    takes credentials and TLS for all of them from the url."""
+    return [redis.asyncio.cluster.ClusterNode(host, port) for host, port in config.seeds]
+
+
 def make_admin_client(
     config: RedisConfig, *, max_connections: int = ADMIN_MAX_CONNECTIONS
 ) -> AdminClient:
@@ -49,6 +56,7 @@ def make_admin_client(
     if config.cluster:
         return redis.asyncio.RedisCluster.from_url(
             config.url,
+            startup_nodes=cluster_seed_nodes(config),
             max_connections=max_connections,
             socket_connect_timeout=connect_timeout_s,
             socket_timeout=command_timeout_s,
