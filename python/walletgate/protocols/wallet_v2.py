@@ -260,12 +260,15 @@ class WalletV2Handler:
         tenant = agent.wallet_token
         need_unexpired = op in ("credit", "bet")
         session = await self.sessions.lookup(tenant, code, need_unexpired=need_unexpired)
-        if (
-            session is None
-            or (need_unexpired and session.expired())
-            or session.currency not in self.currencies[tenant]
-        ):
+        if session is None or session.currency not in self.currencies[tenant]:
             return error_body("INVALID_SESSION", None, _now_text())
+        if need_unexpired and session.expired():
+            # The account behind an expired session is known, so the error carries its credit
+            # (one balance read, on this error path only).
+            balance_units = await ledger_v2.balance(
+                self.ledger, tenant=tenant, player=session.player, currency=session.currency
+            )
+            return error_body("INVALID_SESSION", balance_units, _now_text())
         if op == "credit":
             return await self._credit(tenant, session)
         try:
