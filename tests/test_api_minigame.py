@@ -408,6 +408,13 @@ def test_10002_sign_missing_or_wrong(config: Config, redis_url: str) -> None:
         assert await api.post(BET, twice, sign="0" * 32) == err(10002, "sign invalid")
         assert await api.post(BET, twice) == err(10009, "illegal parameter")
         assert api.counter("signature_failures_total") == 7
+        # JSON that orjson refuses but that names its merchant (an integer beyond a double, a
+        # lone surrogate escape) is checked after the sign too.
+        for extra in (b',"x":' + b"9" * 5001, b',"x":"\\ud800"'):
+            odd = orjson.dumps(bet_body())[:-1] + extra + b"}"
+            assert await api.post(BET, odd, sign="0" * 32) == err(10002, "sign invalid")
+            assert await api.post(BET, odd) == err(10009, "illegal parameter")
+        assert api.counter("signature_failures_total") == 9
         # an empty query string is signed as empty
         assert await api.post(BET, bet_body(), query="") == ok("7")
 
@@ -801,6 +808,31 @@ def test_luck_prefix_journal_protocol(config: Config, redis_url: str) -> None:
     assert protos == ["minigame", "minigame_luck"]
     refs = [orjson.loads(r["refs"]) for r in journal(redis_url) if r["kind"] == "bet"]
     assert all(r["trace_id"] == "dhf1aboc1iio" and r["order_id"] == "o1" for r in refs)
+
+
+def test_a_round_id_beyond_64_bits_or_long_is_logged_as_cut_text(
+    config: Config, redis_url: str
+) -> None:
+    """round_id is only logged; one beyond 64 bits once made the journal's encoder fail, so a
+    valid signed bet got 10015 and a traceback."""
+    wide = 2**64
+
+    async def scenario(api: Api) -> None:
+        await api.fund("p1", 100_000)
+        # json, not orjson: orjson cannot write an integer beyond 64 bits.
+        wide_body = json.dumps({**bet_body("o1", uname="p1"), "round_id": wide})
+        assert await api.post(BET, wide_body) == ok("7")
+        long_text = {**bet_body("o2", uname="p1"), "round_id": "r" * 1000}
+        assert (await api.post(BET, long_text))["code"] == 1
+        kept = {**bet_body("o3", uname="p1"), "round_id": 2**64 - 1}
+        assert (await api.post(BET, kept))["code"] == 1
+
+    run_api(config, scenario)
+    refs = {
+        ref["order_id"]: ref["round_id"]
+        for ref in (orjson.loads(r["refs"]) for r in journal(redis_url) if r["kind"] == "bet")
+    }
+    assert refs == {"o1": str(wide), "o2": "r" * 256, "o3": 2**64 - 1}
 
 
 def test_type_6_fee_and_types_5_7(config: Config) -> None:

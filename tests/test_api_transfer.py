@@ -260,6 +260,12 @@ def test_tenant_and_sign_errors_on_every_endpoint(
         assert await gw.raw(path, twice, key="wrong-key") == error(10002, "sign invalid")
         assert await gw.raw(path, twice) == error(10009, "illegal parameter")
         assert gw.counter("signature_failures_total") == 5
+        # So is JSON that orjson refuses but that names its merchant (an integer beyond a
+        # double, a lone surrogate escape).
+        for extra in (b',"x":' + b"9" * 400, b',"x":"\\ud800"'):
+            odd = orjson.dumps({"appid": APPID, "timestamp": TS, **fields})[:-1] + extra + b"}"
+            assert await gw.raw(path, odd, key="wrong-key") == error(10002, "sign invalid")
+        assert gw.counter("signature_failures_total") == 7
         # An uppercase hex sign is accepted.
         upper = _native.minigame_sign(QUERY, body, TRANSFER_KEY.encode()).upper()
         answer = await gw.raw(path, body, sign=upper)

@@ -8,6 +8,7 @@ middleware emits it, so a handler never formats a log line itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
@@ -28,6 +29,9 @@ UINT64_MAX = 2**64 - 1
 UINT64_MAX_DIGITS = len(str(UINT64_MAX))
 # A body bound is an int64 at most: a content-length of more digits exceeds any of them.
 MAX_CONTENT_LENGTH_DIGITS = len(str(INT64_MAX))
+# Free text that is only logged (MINI.GAME's round_id, Midas's pay_item) is cut to this: it goes
+# into the access-log line and the journal record of its request.
+MAX_LOGGED_TEXT_CHARS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +152,40 @@ def merchant_id_only(raw: bytes, name: str) -> Any:
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        parsed = _lenient_loads(raw)
     return parsed.get(name) if isinstance(parsed, dict) else None
+
+
+def _not_built(_literal: str) -> None:
+    return None
+
+
+def _lenient_loads(raw: bytes) -> Any:
+    """The standard library's parser, for the JSON orjson refuses (an integer beyond a double's
+    range, a lone surrogate escape), or ``None``. Numbers are not built, so no count of digits
+    can fail; this runs only on bodies that both fast parsers refused."""
+    try:
+        return json.loads(
+            raw.decode("utf-8"),
+            parse_int=_not_built,
+            parse_float=_not_built,
+            parse_constant=_not_built,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def logged_ref(value: str | int) -> str | int:
+    """A reference that is only logged, as the access log and the journal keep it: an integer
+    that fits 64 bits as it is, anything else as text of at most MAX_LOGGED_TEXT_CHARS (orjson,
+    the journal's encoder, refuses wider integers)."""
+    if type(value) is int:
+        if -(2**63) <= value <= UINT64_MAX:
+            return value
+        # The strict parser refuses integers of more than 4300 digits, so str() cannot fail.
+        value = str(value)
+    assert type(value) is str
+    return value[:MAX_LOGGED_TEXT_CHARS]
 
 
 def json_response(payload: Any, status_code: int = 200) -> Response:

@@ -41,6 +41,7 @@ from walletgate.ledger.core import INT64_MAX
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.midas import MidasSession, MoneyResult, SessionCache
 from walletgate.protocols.common import (
+    MAX_LOGGED_TEXT_CHARS,
     BodyTooLarge,
     GatewayContext,
     JsonResponse,
@@ -76,7 +77,6 @@ _ERROR_BODIES: Final = {
 BILL_NO_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-|*@]{1,63}")
 NOT_SIGNED: Final = frozenset({"sig", "mp_sig", "access_token"})
 MAX_ZONE_CHARS: Final = 64
-MAX_LOGGED_TEXT_CHARS: Final = 256
 UNITS_PER_COIN: Final = 10_000
 
 logger = logging.getLogger("walletgate")

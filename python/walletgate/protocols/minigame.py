@@ -35,6 +35,7 @@ from walletgate.protocols.common import (
     GatewayContext,
     JsonResponse,
     has_wrong_json_type,
+    logged_ref,
     merchant_id_only,
     note,
     parse_object,
@@ -522,8 +523,8 @@ class _Handlers:
             if award_ids:
                 refs["award_order_ids"] = award_ids
             round_id = data.get("round_id")
-            if type(round_id) in (str, int):
-                refs["round_id"] = round_id
+            if isinstance(round_id, str | int) and type(round_id) is not bool:
+                refs["round_id"] = logged_ref(round_id)
             result = await ledger_minigame.change_balance(
                 self.ledger,
                 tenant=merchant.app_id,
