@@ -443,3 +443,32 @@ def test_a_taken_port_or_a_typo_exits_2_with_a_message_before_starting(tmp_path:
             assert result.stderr.count(b"\n") == 1, result.stderr
     finally:
         taken.close()
+
+
+def test_an_over_limit_body_closes_its_connection_and_the_next_request_is_answered(
+    server: Server,
+) -> None:
+    """An over-limit body is answered without reading the rest of it, so the connection
+    cannot carry another request: the answer must say ``connection: close``. Without it a
+    keep-alive client sent its next request on a connection the server then dropped."""
+    wallet_v2 = f"/wallet/v2/{gateway_helpers.WALLET_TOKEN}"  # routed (a path parameter)
+    minigame = "/api/balance/change_balance"  # dispatched directly by the access middleware
+    over_limit = b'{"type":"credit","pad":"' + b"x" * (server.config.server.max_body_bytes + 1)
+
+    def chunked() -> Iterator[bytes]:
+        for start in range(0, len(over_limit), 8192):
+            yield over_limit[start : start + 8192]
+
+    with server.client() as client:
+        for attempt in range(40):
+            content: bytes | Iterator[bytes] = over_limit if attempt % 2 else chunked()
+            path = wallet_v2 if attempt % 4 < 2 else minigame
+            refused = client.post(path, content=content)
+            assert refused.status_code == 200
+            assert refused.json().get("err_code", refused.json().get("code")) in (
+                "BAD_REQUEST",
+                10009,
+            )
+            assert refused.headers.get("connection") == "close"
+            after = client.post(wallet_v2, content=b'{"type":"credit","code":"no-such-code"}')
+            assert after.json()["err_code"] == "INVALID_SESSION"

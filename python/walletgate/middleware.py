@@ -23,6 +23,7 @@ from walletgate.logs import AccessLog, loggable_path
 from walletgate.metrics import Metrics
 from walletgate.protocols.common import (
     LOG_SCOPE_KEY,
+    UNREAD_BODY_SCOPE_KEY,
     BodyRequest,
     declared_too_large,
     read_bounded,
@@ -30,6 +31,7 @@ from walletgate.protocols.common import (
 
 logger = logging.getLogger("walletgate")
 FALLBACK_BODY = b'{"error":"internal"}'
+CONNECTION_CLOSE = (b"connection", b"close")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -70,9 +72,13 @@ class AccessMiddleware:
         )
         response = await endpoint(BodyRequest(scope, receive, body))
         status[0] = response.status_code
-        await send(
-            {"type": "http.response.start", "status": status[0], "headers": response.raw_headers}
-        )
+        headers = response.raw_headers
+        if body is None:
+            # The rest of the body was never read, so this connection cannot carry another
+            # request: say so, or a keep-alive client sends its next one into a connection the
+            # server then drops.
+            headers = [*headers, CONNECTION_CLOSE]
+        await send({"type": "http.response.start", "status": status[0], "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 
     async def _routed(self, scope: Scope, receive: Receive, send: Send, status: list[int]) -> None:
@@ -81,6 +87,8 @@ class AccessMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if scope.get(UNREAD_BODY_SCOPE_KEY):
+                    message = {**message, "headers": [*message["headers"], CONNECTION_CLOSE]}
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

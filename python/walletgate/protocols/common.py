@@ -24,6 +24,10 @@ from walletgate.ledger.core import INT64_MAX, Ledger
 from walletgate.metrics import Metrics
 
 LOG_SCOPE_KEY = "wg.log"
+# Set in the ASGI scope when a request's body was refused before it was read to the end: the
+# access middleware then answers with "connection: close", since the connection cannot carry
+# another request.
+UNREAD_BODY_SCOPE_KEY = "wg.unread_body"
 JSON_MEDIA_TYPE = "application/json"
 UINT64_MAX = 2**64 - 1
 UINT64_MAX_DIGITS = len(str(UINT64_MAX))
@@ -114,12 +118,14 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
             raise BodyTooLarge
         return request.preread_body
     if declared_too_large(request.scope["headers"], max_body_bytes):
+        request.scope[UNREAD_BODY_SCOPE_KEY] = True
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_body_bytes:
+            request.scope[UNREAD_BODY_SCOPE_KEY] = True
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
