@@ -445,12 +445,13 @@ def test_a_taken_port_or_a_typo_exits_2_with_a_message_before_starting(tmp_path:
         taken.close()
 
 
-def test_an_over_limit_body_closes_its_connection_and_the_next_request_is_answered(
+def test_an_unread_body_closes_its_connection_and_the_next_request_is_answered(
     server: Server,
 ) -> None:
-    """An over-limit body is answered without reading the rest of it, so the connection
-    cannot carry another request: the answer must say ``connection: close``. Without it a
-    keep-alive client sent its next request on a connection the server then dropped."""
+    """An over-limit body is answered without reading the rest of it (and an unknown wallet
+    token without reading any), so the connection cannot carry another request: the answer
+    must say ``connection: close``. Without it a keep-alive client sent its next request on a
+    connection the server then dropped."""
     wallet_v2 = f"/wallet/v2/{gateway_helpers.WALLET_TOKEN}"  # routed (a path parameter)
     minigame = "/api/balance/change_balance"  # dispatched directly by the access middleware
     over_limit = b'{"type":"credit","pad":"' + b"x" * (server.config.server.max_body_bytes + 1)
@@ -472,3 +473,9 @@ def test_an_over_limit_body_closes_its_connection_and_the_next_request_is_answer
             assert refused.headers.get("connection") == "close"
             after = client.post(wallet_v2, content=b'{"type":"credit","code":"no-such-code"}')
             assert after.json()["err_code"] == "INVALID_SESSION"
+            # A body read to its end keeps the connection open.
+            assert "connection" not in after.headers
+            # An unknown wallet token is refused (404) before its body is read at all.
+            unknown = client.post("/wallet/v2/no_such_agent", content=b"x" * 60_000)
+            assert unknown.status_code == 404 and unknown.headers.get("connection") == "close"
+            assert client.get("/healthz").status_code == 200

@@ -23,9 +23,9 @@ from walletgate.logs import AccessLog, loggable_path
 from walletgate.metrics import Metrics
 from walletgate.protocols.common import (
     LOG_SCOPE_KEY,
-    UNREAD_BODY_SCOPE_KEY,
     BodyRequest,
     declared_too_large,
+    declares_body,
     read_bounded,
 )
 
@@ -84,14 +84,26 @@ class AccessMiddleware:
     async def _routed(self, scope: Scope, receive: Receive, send: Send, status: list[int]) -> None:
         """Everything else goes through the Starlette router; ``status`` gets the status sent."""
 
+        # Whether the request's body is still (partly) unread. A route may answer without
+        # reading it (an unknown token, a body over the bound): then the connection cannot
+        # carry another request, and the answer says so.
+        body_unread = declares_body(scope["headers"])
+
+        async def receive_wrapper() -> Message:
+            nonlocal body_unread
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_unread = False
+            return message
+
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                if scope.get(UNREAD_BODY_SCOPE_KEY):
+                if body_unread:
                     message = {**message, "headers": [*message["headers"], CONNECTION_CLOSE]}
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        await self.app(scope, receive_wrapper if body_unread else receive, send_wrapper)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

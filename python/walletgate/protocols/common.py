@@ -24,10 +24,6 @@ from walletgate.ledger.core import INT64_MAX, Ledger
 from walletgate.metrics import Metrics
 
 LOG_SCOPE_KEY = "wg.log"
-# Set in the ASGI scope when a request's body was refused before it was read to the end: the
-# access middleware then answers with "connection: close", since the connection cannot carry
-# another request.
-UNREAD_BODY_SCOPE_KEY = "wg.unread_body"
 JSON_MEDIA_TYPE = "application/json"
 UINT64_MAX = 2**64 - 1
 UINT64_MAX_DIGITS = len(str(UINT64_MAX))
@@ -94,6 +90,15 @@ def declared_too_large(headers: Sequence[tuple[bytes, bytes]], max_body_bytes: i
     return False
 
 
+def declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request comes with a body: a non-zero ``content-length`` or a
+    ``transfer-encoding`` (chunked) header, in the raw ASGI headers."""
+    for name, value in headers:
+        if (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            return True
+    return False
+
+
 async def read_bounded(receive: Receive, max_body_bytes: int) -> bytes | None:
     """The whole body from ASGI ``receive``, or ``None`` once it exceeds ``max_body_bytes``
     (the rest is not read: the connection answers and is done with the request)."""
@@ -118,14 +123,12 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
             raise BodyTooLarge
         return request.preread_body
     if declared_too_large(request.scope["headers"], max_body_bytes):
-        request.scope[UNREAD_BODY_SCOPE_KEY] = True
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_body_bytes:
-            request.scope[UNREAD_BODY_SCOPE_KEY] = True
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
