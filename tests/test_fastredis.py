@@ -558,3 +558,41 @@ def test_a_server_that_accepts_then_refuses_is_retried_with_backoff(tmp_path: Pa
     finally:
         holder.close()
         server.stop()
+
+
+def test_the_prelude_refuses_a_call_past_its_deadline_and_one_without_a_deadline(
+    redis_url: str,
+) -> None:
+    """The runners append the deadline after a script's own arguments; the prelude takes it
+    off ARGV (the script sees only its own) and refuses the call, writing nothing, once the
+    server's clock is past it."""
+    client = redis.Redis.from_url(redis_url)
+    source = load_script("player_touch").source
+    key = "wg:{fence:p1}:acct"
+    own_args = ["usd", "1"]  # player_touch: the currency, and "1" to create its balance
+    past_us = (time.time_ns() // 1000) - 1
+    with pytest.raises(redis.ResponseError, match=r"^WGLATE"):
+        client.eval(source, 1, key, *own_args, str(past_us))
+    with pytest.raises(redis.ResponseError, match=r"^WGARG"):
+        client.eval(source, 1, key, *own_args, "not-a-deadline")
+    with pytest.raises(redis.ResponseError, match=r"^WGARG"):
+        client.eval(source, 0)
+    assert client.exists(key) == 0
+    future_us = (time.time_ns() // 1000) + 5_000_000
+    client.eval(source, 1, key, *own_args, str(future_us))
+    assert client.hgetall(key) == {b"known": b"1", b"bal:usd": b"0"}
+    client.delete(key)
+
+    async def scenario() -> None:
+        # Through the runner, the same call succeeds (it appends a fresh deadline), and a
+        # WGLATE reply is "unavailable" (busy, nothing applied), not a script error.
+        runner = runner_for(redis_url)
+        await runner.run(load_script("player_touch"), [key], own_args)
+        assert client.hgetall(key) == {b"known": b"1", b"bal:usd": b"0"}
+        late = make_script("late", "return redis.error_reply('WGLATE too late')")
+        with pytest.raises(LedgerUnavailable):
+            await runner.run(late, ["k"], [])
+        await runner.close()
+
+    run(scenario)
+    client.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 import zlib
 from collections import Counter
@@ -666,3 +667,92 @@ def test_a_redis_that_refuses_writes_gets_busy_answers_for_credits_too(
     # Funded 1000, then bets of 5, 3 ("before") and 3 ("readonly"), then the win of 9.
     assert account == "998", account
     assert verify_command(str(config_file)) == 0
+
+
+STALL_COMMAND_TIMEOUT_MS = 600
+
+
+def test_calls_that_reach_a_stalled_redis_late_write_nothing(
+    persistent_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A Redis that stalls (SIGSTOP: a frozen primary, a long fork) keeps the calls already on
+    its socket and runs them when it resumes, after the gateway answered them "busy, nothing
+    applied". The prelude refuses every call that starts after its deadline (WGLATE), so the
+    keyspace stays byte-identical and the retries apply each request once."""
+    raw = gateway_helpers.config_dict(tmp_path / "journal")
+    raw["redis"]["url"] = persistent_redis.url
+    raw["redis"]["command_timeout_ms"] = STALL_COMMAND_TIMEOUT_MS
+    config_path = write_config(tmp_path / "walletgate.toml", raw)
+    app = create_app(
+        load(config_path), run_journal_writer=True, access_log=AccessLog(enabled=False)
+    )
+    process = persistent_redis.process
+    assert process is not None
+    store = redis.Redis.from_url(persistent_redis.url)
+    with AsgiGateway(app) as gw:
+        token = seed(gw)
+        # Each family once first, so that Redis has every script cached: a late EVALSHA of an
+        # unknown script only gets NOSCRIPT, which would prove nothing here.
+        for probe in probes(token, "before"):
+            answer, _ = probe.send(gw)
+            assert probe.done(answer), (probe.name, answer.status_code, answer.text)
+        wait_until_ready(gw)
+        wait_for_flush(gw, persistent_redis.url)
+        accounts_before = balances(gw)
+        state_before = redis_state(store)
+        late_before = _late_refusals(store)
+
+        money = probes(token, "stall")[:MONEY_PROBES]
+
+        async def all_at_once() -> list[tuple[httpx.Response, float]]:
+            # Concurrent, so that they are written to Redis's socket together before it stalls
+            # them all.
+            return await asyncio.gather(*(_send_async(gw, probe) for probe in money))
+
+        process.send_signal(signal.SIGSTOP)
+        try:
+            answers = gw.run(all_at_once())
+        finally:
+            process.send_signal(signal.SIGCONT)
+        for probe, (answer, _) in zip(money, answers, strict=True):
+            assert probe.busy(answer), (probe.name, answer.status_code, answer.text)
+
+        # Redis now runs what waited on its socket: every money call is refused as late.
+        eventually(lambda: _assert_at_least(_late_refusals(store) - late_before, MONEY_PROBES))
+        state_after = redis_state(store)
+        assert state_after == state_before, state_difference(state_before, state_after)
+
+        # The retries apply each request once.
+        deadline = time.monotonic() + RESUME_TIMEOUT_S
+        pending = list(money)
+        while pending and time.monotonic() < deadline:
+            pending = [probe for probe in pending if not probe.done(probe.send(gw)[0])]
+            if pending:
+                gw.idle(0.2)
+        assert not pending, [probe.name for probe in pending]
+        after = balances(gw)
+        assert after[f"{MINIGAME_APP_ID}/usdt"]["balance"] == _plus(
+            accounts_before[f"{MINIGAME_APP_ID}/usdt"]["balance"], "-1.5", "4"
+        )
+        assert after[f"{WALLET_TOKEN}/USD"]["balance"] == _plus(
+            accounts_before[f"{WALLET_TOKEN}/USD"]["balance"], "-3"
+        )
+    store.close()
+
+
+async def _send_async(gw: AsgiGateway, probe: Probe) -> tuple[httpx.Response, float]:
+    method, url, content, headers = probe.request()
+    started = time.monotonic()
+    answer = await gw.client.request(method, url, content=content, headers=headers)
+    return answer, time.monotonic() - started
+
+
+def _late_refusals(store: redis.Redis) -> int:
+    """How many script calls Redis answered WGLATE (its error statistics)."""
+    stats = store.info("errorstats")
+    entry = stats.get("errorstat_WGLATE", {"count": 0})
+    return int(entry["count"])
+
+
+def _assert_at_least(value: int, minimum: int) -> None:
+    assert value >= minimum, (value, minimum)

@@ -31,7 +31,9 @@ from walletgate.ledger.fastredis import (
     join_shared,
     pack_command,
     parse_redis_url,
+    script_deadline,
     script_failure,
+    script_fence_us,
 )
 from walletgate.ledger.runner import ScriptArg
 from walletgate.ledger.scripts import Script
@@ -69,6 +71,7 @@ class ClusterRunner:
         self._seeds = list(seeds)
         self._connect_timeout_s = connect_timeout_ms / 1000
         self._command_timeout_s = command_timeout_ms / 1000
+        self._fence_us = script_fence_us(command_timeout_ms)
         self._limiter = InFlightLimiter(
             max_in_flight,
             queue_wait_ms / 1000,
@@ -117,6 +120,8 @@ class ClusterRunner:
                 connection = self.slots[slot]
                 if connection is None:
                     raise LedgerUnavailable(f"no cluster primary serves slot {slot}")
+            # The deadline goes last, after the script's own arguments (see script_deadline).
+            args = (*args, script_deadline(self._fence_us))
             packed = pack_command((_EVALSHA, script.sha, len(keys), *keys, *args))
             asking = False
             for _ in range(MAX_REDIRECTS + 1):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -61,6 +62,8 @@ WAITERS_PER_IN_FLIGHT: Final = 4
 # nothing was applied, and a retry may succeed.
 UNAVAILABLE_ERROR_CODES: Final = frozenset(
     {
+        # The prelude's refusal of a call that reached Redis after its deadline.
+        "WGLATE",
         "BUSY",
         "LOADING",
         "MASTERDOWN",
@@ -84,6 +87,29 @@ UNAVAILABLE_ERROR_CODES: Final = frozenset(
 REPLICA_ERROR_CODES: Final = frozenset({"READONLY", "MASTERDOWN"})
 
 T = TypeVar("T")
+
+# The share of command_timeout_ms after which a script that has not started yet writes nothing
+# (see script_deadline). The other half is the margin for clock skew between gateway and Redis.
+SCRIPT_FENCE_SHARE: Final = 0.5
+
+
+def script_fence_us(command_timeout_ms: int) -> int:
+    """How long after it is sent a script call may still start, in microseconds."""
+    return int(command_timeout_ms * 1000 * SCRIPT_FENCE_SHARE)
+
+
+def script_deadline(fence_us: int) -> bytes:
+    """The last ARGV of every script call: the unix time (µs) after which the prelude refuses
+    to run the call (error WGLATE, nothing written).
+
+    A call that Redis runs only after the gateway gave up on it (a stalled server, a frozen
+    primary that resumes after its failover) would otherwise apply what the caller was told
+    was not applied. It must be sent within ``fence_us`` of this, and the gateway gives up only
+    after the whole command timeout, so every late call is refused as long as Redis's clock is
+    behind the gateway's by less than the other share of the timeout.
+    """
+    return b"%d" % (time.time_ns() // 1000 + fence_us)
+
 
 ReplyError: Final = hiredis.ReplyError
 
@@ -581,6 +607,7 @@ class FastRedisRunner:
             for _ in range(connections)
         ]
         self._next = 0
+        self._fence_us = script_fence_us(command_timeout_ms)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> FastRedisRunner:
@@ -621,12 +648,15 @@ class FastRedisRunner:
             wire = connection.wire
             if wire is None or wire.broken:
                 wire = await connection.ready_wire()
-            reply = await wire.send(pack_command((_EVALSHA, script.sha, len(keys), *keys, *args)))
+            deadline = script_deadline(self._fence_us)
+            reply = await wire.send(
+                pack_command((_EVALSHA, script.sha, len(keys), *keys, *args, deadline))
+            )
             if isinstance(reply, ReplyError):
                 if str(reply).startswith("NOSCRIPT"):
                     wire = await connection.ready_wire()
                     reply = await wire.send(
-                        pack_command((_EVAL, script.source, len(keys), *keys, *args))
+                        pack_command((_EVAL, script.source, len(keys), *keys, *args, deadline))
                     )
                     if not isinstance(reply, ReplyError):
                         return reply

@@ -29,8 +29,11 @@ class RedisPyRunner:
     Kept for tooling and comparisons; the gateway's hot path uses the batched runner.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, command_timeout_ms: int = 2000) -> None:
+        from walletgate.ledger.fastredis import script_fence_us
+
         self._client = client
+        self._fence_us = script_fence_us(command_timeout_ms)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,7 +41,10 @@ class RedisPyRunner:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
+        from walletgate.ledger.fastredis import script_deadline, script_failure
 
+        # The deadline goes last, after the script's own arguments (see script_deadline).
+        args = (*args, script_deadline(self._fence_us))
         try:
             try:
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
@@ -47,6 +53,9 @@ class RedisPyRunner:
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise LedgerUnavailable(str(error)) from None
         except ResponseError as error:
+            failure = script_failure(error)
+            if isinstance(failure, LedgerUnavailable):
+                raise failure from None
             raise LedgerScriptError(str(error)) from None
 
     async def close(self) -> None:

@@ -8,6 +8,9 @@
 --   ARGV[5] = idempotency key (transaction-key format), ARGV[6] = fingerprint,
 --   ARGV[7] = refs (a JSON object, already encoded by Python), ARGV[8] = retention in seconds,
 --   ARGV[9..] operation specific.
+--   After those, every caller (the runners) appends one more argument, the call's deadline in
+--   unix microseconds; the prelude takes it off ARGV and refuses a call that starts after it
+--   (error WGLATE, nothing written).
 --
 -- Money: every amount is a decimal integer string of units. Lua numbers are doubles and lose
 -- exactness above 2^53, so amounts change only through HINCRBY (which also detects int64
@@ -185,6 +188,19 @@ local function wg_now_us()
     WG_NOW_US = now[1] .. micros
   end
   return WG_NOW_US
+end
+
+-- The caller's deadline (unix µs), which the runners append after the script's own ARGV: it is
+-- taken off ARGV here, so the scripts see only their own arguments. A call that Redis runs only
+-- after it (it waited in a stalled server, or in a frozen primary that resumed after its
+-- failover) was answered "busy, nothing applied" by the gateway, or soon will be: it must write
+-- nothing.
+local WG_DEADLINE_US = table.remove(ARGV)
+if not WG_DEADLINE_US or not string.find(WG_DEADLINE_US, '^%d+$') then
+  return redis.error_reply('WGARG the last argument must be the deadline (unix microseconds)')
+end
+if tonumber(wg_now_us()) > tonumber(WG_DEADLINE_US) then
+  return redis.error_reply('WGLATE the call reached Redis after its deadline; nothing written')
 end
 
 -- Take the account's next journal sequence number (1, 2, 3, ...) as a string. Call it once per
