@@ -1056,6 +1056,38 @@ def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: P
     assert status.oldest_pending_age_s >= 10  # shards 2 and 3 never did
 
 
+def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A writer killed (or stopped, or stuck on its disk) right after it drained every shard
+    leaves figures saying "nothing pending". A live owner republishes them every few hundred
+    milliseconds, so figures older than ``stale_after_ms`` mean the records that arrived since
+    may have waited that long: /readyz must see that lag (and a dead writer) well before a
+    lease, which it once waited for (10 s, twice the default max_lag_ms)."""
+    config = journal_config(redis_url, tmp_path / "journal")
+    settings = WriterSettings.from_config(config)
+    assert settings.stale_after_ms < settings.lease_ms
+    silence_ms = settings.stale_after_ms + 1000
+    client = redis.Redis.from_url(redis_url)
+    now_ms = int(time.time() * 1000)
+    drained = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms - silence_ms, "flush_s": 0.001}
+    for number in range(writer.shard_count_of(settings)):
+        client.hset(writer.STATS_KEY, str(number), orjson.dumps(drained))
+    client.close()
+
+    async def scenario() -> writer.JournalStatus:
+        async_client = redis.asyncio.Redis.from_url(redis_url)
+        observer = JournalObserver(async_client, settings)
+        observer._started_s -= 3 * settings.lease_ms / 1000  # past the start grace
+        await observer.refresh()
+        await async_client.aclose()
+        return observer.status()
+
+    status = run(scenario())
+    assert not status.alive
+    assert status.oldest_pending_age_s >= silence_ms / 1000
+
+
 def test_a_stop_that_times_out_still_gives_the_shards_back(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -93,15 +93,19 @@ class JournalObserver:
         lease_ms = self._settings.lease_ms
         now_ms = int(time.time() * 1000)
         uptime_ms = now_ms - int(self._started_s * 1000)
-        figures = await read_journal_figures(self._client, self._shard_count, lease_ms, uptime_ms)
+        stale_ms = self._settings.stale_after_ms
+        figures = await read_journal_figures(
+            self._client, self._shard_count, lease_ms, uptime_ms, stale_ms
+        )
         freshest_ms = figures.freshest_update_ms
         restarts = read_sidecar_restarts(self._sidecar_state_path)
-        # The writer is alive when some shard owner reported within a lease. A fresh start has
+        # The writer is alive when some shard owner reported lately (live owners republish
+        # their figures every cycle, unchanged ones every half status interval). A fresh start has
         # two leases' grace before that is required (the shards of a writer that was killed
         # are taken only once its leases run out), but not once the writer process had to be
         # restarted: a worker started meanwhile would call a crash-looping writer alive.
         starting = uptime_ms < 2 * lease_ms and restarts == 0
-        alive = starting or (freshest_ms > 0 and now_ms - freshest_ms < lease_ms)
+        alive = starting or (freshest_ms > 0 and now_ms - freshest_ms < stale_ms)
         self._status = _with(
             self._status,
             alive=alive,

@@ -72,7 +72,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from redis.exceptions import RedisError
@@ -150,6 +150,10 @@ def lease_key(shard: int) -> str:
 
 # --- Settings and status ---------------------------------------------------------------------
 
+# Added to the republish period of a shard's figures before they count as stale (see
+# WriterSettings.stale_after_ms).
+STALE_MARGIN_MS: Final = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class WriterSettings:
@@ -169,6 +173,14 @@ class WriterSettings:
     max_backoff_ms: int = 5000
     # Tenant ids that are secrets (Wallet v2 wallet_tokens): logs show a digest instead.
     secret_tenants: frozenset[str] = frozenset()
+
+    @property
+    def stale_after_ms(self) -> int:
+        """How long a shard's published figures may go unrefreshed before its owner counts as
+        stuck: a live owner republishes every cycle, unchanged figures at least every half
+        status interval, so this is two of the longer of the two plus a margin for a slow
+        cycle (a flush, an fsync)."""
+        return 2 * max(self.status_interval_ms, self.flush_interval_ms) + STALE_MARGIN_MS
 
     def __post_init__(self) -> None:
         assert 1 <= self.shards <= MAX_SHARDS, "shards out of range"
@@ -996,8 +1008,9 @@ class JournalWriter:
         """Read every shard's last published stats, so this worker reports the whole journal."""
         self._next_status_refresh = time.monotonic() + self._settings.status_interval_ms / 1000
         uptime_ms = int((time.monotonic() - self._started_monotonic) * 1000)
+        settings = self._settings
         figures = await read_journal_figures(
-            self._client, self.shard_count, self._settings.lease_ms, uptime_ms
+            self._client, self.shard_count, settings.lease_ms, uptime_ms, settings.stale_after_ms
         )
         self._pending_records = figures.pending_records
         self._oldest_pending_age_s = figures.oldest_pending_age_ms / 1000
@@ -1024,13 +1037,14 @@ def shard_count_of(settings: WriterSettings) -> int:
 
 
 async def read_journal_figures(
-    client: RedisClient, shard_count: int, lease_ms: int, uptime_ms: int
+    client: RedisClient, shard_count: int, lease_ms: int, uptime_ms: int, stale_ms: int
 ) -> JournalFigures:
     """Sum up every shard's published stats (writers and workers alike report these).
 
     ``uptime_ms`` is how long the caller has been watching: a shard nobody has reported (its
     figures expired, or no writer took it) counts as waiting that long once it exceeds two
-    leases, the time a live writer needs to take a shard.
+    leases, the time a live writer needs to take a shard. A shard whose figures are older than
+    ``stale_ms`` has an owner that is dead or stuck: its records may have waited since then.
     """
     raw, cross_player = await run_pipeline(
         client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
@@ -1060,8 +1074,11 @@ async def read_journal_figures(
             flushed_ms, last_flush_s = stats.updated_ms, stats.flush_s
         age_ms = now_ms - stats.oldest_ms if stats.pending and stats.oldest_ms else 0
         silence_ms = now_ms - stats.updated_ms
-        if silence_ms > lease_ms:
-            # No owner has made progress for longer than a lease: the shard is stuck.
+        if silence_ms > stale_ms:
+            # The owner stopped reporting (killed, stopped, stuck on its disk): what reached
+            # the shard since may have waited all that time, whatever its last figures said.
+            # Waiting a lease for another writer to take the shard would hide that for longer
+            # than max_lag_ms.
             age_ms = max(age_ms, silence_ms)
         oldest_age_ms = max(oldest_age_ms, age_ms)
     return JournalFigures(
