@@ -479,3 +479,53 @@ def test_an_unread_body_closes_its_connection_and_the_next_request_is_answered(
             unknown = client.post("/wallet/v2/no_such_agent", content=b"x" * 60_000)
             assert unknown.status_code == 404 and unknown.headers.get("connection") == "close"
             assert client.get("/healthz").status_code == 200
+
+
+ORPHAN_EXIT_TIMEOUT_S = 15.0
+
+
+def _children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` (from /proc)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_workers_and_the_writer_stop_when_serve_is_killed(server: Server) -> None:
+    """``kill -9`` of serve once left its Granian workers answering and its journal writer
+    running, unsupervised, holding the port a restarted serve needs. They now notice that
+    they were reparented and stop by themselves."""
+    children = _children(server.process.pid)
+    # Two workers and the journal writer (the multiprocessing resource tracker, if any, is a
+    # child too).
+    assert len(children) >= WORKERS + 1, children
+    assert httpx.get(server.base_url + "/healthz", timeout=2.0).status_code == 200
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=STOP_TIMEOUT_S)
+    deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT_S
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.2)
+    left = [pid for pid in children if _alive(pid)]
+    for pid in left:  # do not leave them behind for the next tests
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after serve was killed: {left}"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.base_url + "/healthz", timeout=2.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypedDict
@@ -34,6 +35,7 @@ from walletgate.middleware import AccessMiddleware, Endpoint
 from walletgate.openapi import openapi_routes
 from walletgate.protocols import midas, minigame, transfer, wallet_v2
 from walletgate.protocols.common import GatewayContext
+from walletgate.supervision import watch_supervisor
 
 CONFIG_ENV = "WALLETGATE_CONFIG"
 METRICS_DIR_ENV = "WALLETGATE_METRICS_DIR"
@@ -112,15 +114,19 @@ def create_app(
         publisher = asyncio.get_running_loop().create_task(
             _publish_metrics(metrics, journal_status, config.journal.dir)
         )
+        # An orphaned worker (serve was killed) stops as on SIGTERM, gracefully.
+        orphan_watch = watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
         # Everything the app built so far lives as long as the worker: keep it out of the
         # collector's full passes (see walletgate.heap for the measured pauses).
         freeze_startup_heap()
         try:
             yield {"context": context, "journal_writer": writer}
         finally:
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            for task in (publisher, orphan_watch):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if writer is not None:
                 await writer.stop()
             await access_log.stop()

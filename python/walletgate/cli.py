@@ -19,6 +19,7 @@ from walletgate.config import Config, ConfigError, bind_address, load_config
 from walletgate.journal.archive import DEFAULT_COMPRESS_LEVEL
 from walletgate.journal.observer import SIDECAR_STATE_FILE
 from walletgate.logs import GRANIAN_LOG_CONFIG
+from walletgate.supervision import SUPERVISOR_PID_ENV
 
 EXIT_CONFIG_ERROR = 2
 SIDECAR_STOP_TIMEOUT_S = 30.0
@@ -149,6 +150,8 @@ def serve(
     _check_can_listen(address, port)
 
     os.environ["WALLETGATE_CONFIG"] = config_path
+    # The workers and the journal writer stop by themselves if this process dies unannounced.
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
     os.environ["WALLETGATE_ACCESS_LOG"] = "1" if access_log else "0"
     metrics_dir = tempfile.mkdtemp(prefix="walletgate-metrics-")
     os.environ["WALLETGATE_METRICS_DIR"] = metrics_dir

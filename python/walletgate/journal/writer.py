@@ -115,6 +115,7 @@ from walletgate.journal.streams import (
 )
 from walletgate.ledger import keys
 from walletgate.logs import configure_logging, loggable_tenant
+from walletgate.supervision import watch_supervisor
 
 logger = logging.getLogger("walletgate.journal")
 
@@ -1103,9 +1104,13 @@ async def run_foreground(
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, writer.request_stop)
+    # A sidecar whose serve was killed stops as on SIGTERM (nobody would restart it).
+    orphan_watch = watch_supervisor(writer.request_stop)
     try:
         await writer.run()
     finally:
+        if orphan_watch is not None:
+            orphan_watch.cancel()
         await client.aclose()
 
 
