@@ -498,7 +498,7 @@ def test_a_primary_demoted_to_a_replica_breaks_the_connection_and_fails_the_prob
     async def scenario() -> None:
         runner = runner_for(fresh_redis.url)
         assert await runner.run(write, ["n"], []) == 1
-        assert await runner.run(ping, [], []) == 1
+        assert int(await runner.run(ping, [], [])) > 0  # the server's time
         admin.replicaof("127.0.0.1", other_port)
         before = connections_received()
         with pytest.raises(LedgerUnavailable, match="READONLY"):
@@ -507,7 +507,7 @@ def test_a_primary_demoted_to_a_replica_breaks_the_connection_and_fails_the_prob
             await runner.run(ping, [], [])
         assert connections_received() == before + 1  # the second call connected again
         admin.replicaof("no", "one")
-        assert await runner.run(ping, [], []) == 1
+        assert int(await runner.run(ping, [], [])) > 0
         await runner.close()
 
     try:

@@ -52,10 +52,17 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {}
         try:
-            await asyncio.wait_for(ping(ctx.ledger), READY_PROBE_TIMEOUT_S)
+            offset_us = await asyncio.wait_for(ping(ctx.ledger), READY_PROBE_TIMEOUT_S)
             checks["redis"] = "ok"
-        except Exception:  # Any failure of the probe means "not ready", never a 500.
+            # Script calls carry deadlines from this host's clock, which Redis checks against
+            # its own: operators watch this to keep them close (see [redis] command_timeout_ms).
+            checks["redis_clock_offset_ms"] = round(offset_us / 1000, 1)
+        except Exception as error:  # Any failure of the probe means "not ready", never a 500.
             checks["redis"] = "unavailable"
+            if "WGLATE" in str(error):
+                # The probe itself started past its deadline: the clocks disagree by more than
+                # the fence, or the server stalled; every money call is refused alike.
+                checks["redis"] = "calls arrive late: Redis clock ahead of this host, or stalled"
         if journal_status is not None:
             status = journal_status()
             checks["journal_writer"] = "ok" if status.alive else "down"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +102,9 @@ class Ledger:
         return await self.runner.run(script, script_keys, args)
 
 
-async def ping(ledger: Ledger) -> None:
-    """The readiness probe: the ping script answers, on a cluster from every primary.
+async def ping(ledger: Ledger) -> int:
+    """The readiness probe: the ping script answers, on a cluster from every primary. Returns
+    the largest offset of a server's clock from this host's, in microseconds (either sign).
 
     On a cluster each primary is probed with a key of a slot it owns. A keyless command skips
     the node's cluster-state check and reaches one node only, so a cluster that is down
@@ -111,13 +113,21 @@ async def ping(ledger: Ledger) -> None:
     """
     script = load_script("ping")
     runner = ledger.runner
+    sent_us = time.time_ns() // 1000
     if not isinstance(runner, ClusterRunner):
-        await runner.run(script, [], [])
-        return
-    slots = await runner.primary_slots()
-    await asyncio.gather(
-        *(runner.run(script, [keys.journal_stream_key(slot, cluster=True)], []) for slot in slots)
-    )
+        replies = [await runner.run(script, [], [])]
+    else:
+        slots = await runner.primary_slots()
+        replies = await asyncio.gather(
+            *(
+                runner.run(script, [keys.journal_stream_key(slot, cluster=True)], [])
+                for slot in slots
+            )
+        )
+    # The servers read their clocks between sending and receiving: compare with the midpoint.
+    midpoint_us = (sent_us + time.time_ns() // 1000) // 2
+    offsets = [int(as_str(reply)) - midpoint_us for reply in replies]
+    return max(offsets, key=abs)
 
 
 def fingerprint(*parts: str) -> str:

@@ -200,7 +200,8 @@ if not WG_DEADLINE_US or not string.find(WG_DEADLINE_US, '^%d+$') then
   return redis.error_reply('WGARG the last argument must be the deadline (unix microseconds)')
 end
 if tonumber(wg_now_us()) > tonumber(WG_DEADLINE_US) then
-  return redis.error_reply('WGLATE the call reached Redis after its deadline; nothing written')
+  return redis.error_reply('WGLATE the call started at ' .. wg_now_us() .. ' (server clock, unix us), '
+    .. 'after its deadline ' .. WG_DEADLINE_US .. '; nothing written')
 end
 
 -- Take the account's next journal sequence number (1, 2, 3, ...) as a string. Call it once per
