@@ -28,7 +28,11 @@ from walletgate.ledger.connect import cluster_seed_nodes
 RedisClient = Any
 
 MAX_PIPELINE_COMMANDS = 2048
-MAX_STREAMS_PER_READ = 2048
+# Streams one read script visits. Redis runs nothing else meanwhile, so this bounds how long a
+# money call may wait behind the writer: visiting a stream costs about 0.5 µs (an XLEN of an
+# empty one), so 512 keep a call near 0.3 ms, where 2048 took 1.1 ms (a cluster node serves
+# about 5,500 slot streams out of 16,384 with three primaries).
+MAX_STREAMS_PER_READ = 512
 MAX_CACHED_STREAM_GROUPS = 8
 
 
@@ -188,10 +192,20 @@ class StreamReader:
                 "EVAL", READ_STREAMS_LUA, *args, target_nodes=stream_group.node
             )
 
-        if len(calls) == 1:
-            replies = [await call(calls[0])]
+        async def in_order(node_calls: list[StreamGroup]) -> list[Any]:
+            # One node's calls one after the other, so that Redis serves the gateway between
+            # them instead of running them back to back.
+            return [await call(stream_group) for stream_group in node_calls]
+
+        by_node: dict[int, list[StreamGroup]] = {}
+        for stream_group in calls:
+            by_node.setdefault(id(stream_group.node), []).append(stream_group)
+        if len(by_node) == 1:
+            node_replies = [await in_order(calls)]
         else:
-            replies = await asyncio.gather(*(call(stream_group) for stream_group in calls))
+            node_replies = await asyncio.gather(*(in_order(group) for group in by_node.values()))
+        calls = [stream_group for group in by_node.values() for stream_group in group]
+        replies = [reply for group_replies in node_replies for reply in group_replies]
         pages = {}
         not_served: list[str] = []
         for stream_group, reply in zip(calls, replies, strict=True):
