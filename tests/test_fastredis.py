@@ -596,3 +596,90 @@ def test_the_prelude_refuses_a_call_past_its_deadline_and_one_without_a_deadline
 
     run(scenario)
     client.close()
+
+
+class ReplyDroppingProxy:
+    """A loopback TCP proxy in front of Redis that can drop a connection at the worst moment:
+    Redis has run the command, and its reply is thrown away instead of being passed on."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.drop_next_reply = False
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def to_redis() -> None:
+            while data := await client_in.read(65536):
+                redis_out.write(data)
+                await redis_out.drain()
+
+        async def to_client() -> None:
+            while data := await redis_in.read(65536):
+                if self.drop_next_reply:
+                    self.drop_next_reply = False
+                    break  # Redis ran the command; its reply never arrives
+                client_out.write(data)
+                await client_out.drain()
+
+        pump = asyncio.create_task(to_redis())
+        await to_client()
+        pump.cancel()
+        for writer in (client_out, redis_out):
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def test_a_call_whose_reply_is_lost_with_its_connection_is_sent_once_more(
+    redis_url: str,
+) -> None:
+    """A connection that breaks after Redis ran a call but before its reply arrived leaves the
+    outcome unknown. Answering "busy, nothing applied" would be false; the runner sends the
+    call once more on a fresh connection, and the idempotent script replays its outcome."""
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    store = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        proxy = ReplyDroppingProxy(redis_port)
+        port = await proxy.start()
+        runner = runner_for(f"redis://127.0.0.1:{port}/0")
+        ledger = Ledger(runner, SETTINGS)
+
+        async def credit(ref: str) -> Any:
+            return await adjust(
+                ledger,
+                tenant="t1",
+                player="p-drop",
+                currency="usd",
+                amount_units=500,
+                ref=ref,
+                kind="adjust",
+            )
+
+        assert (await credit("warm")).outcome == "applied"  # the connection is open
+        proxy.drop_next_reply = True
+        answer = await credit("dropped")
+        # An adjustment is two script calls (the ref's claim, then the credit); whichever lost
+        # its reply ran before the drop, and its second sending replayed it: the credit is
+        # applied exactly once.
+        assert answer.outcome in ("applied", "replay") and answer.balance_units == 1_000
+        assert proxy.connections == 2
+        await runner.close()
+        await proxy.close()
+
+    run(scenario)
+    assert store.hget("wg:{t1:p-drop}:acct", "bal:usd") == b"1000"
+    store.close()

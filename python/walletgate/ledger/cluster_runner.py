@@ -18,7 +18,7 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from walletgate.config import RedisConfig
-from walletgate.ledger.errors import LedgerUnavailable
+from walletgate.ledger.errors import ConnectionDropped, LedgerUnavailable
 from walletgate.ledger.fastredis import (
     REPLICA_ERROR_CODES,
     WAITERS_PER_IN_FLIGHT,
@@ -169,21 +169,29 @@ class ClusterRunner:
         return reply
 
     async def _send(self, connection: FastConnection, packed: bytes, asking: bool) -> Any:
-        wire = connection.wire
         try:
-            if wire is None or wire.broken:
-                wire = await connection.ready_wire()
-            if not asking:
-                return await wire.send(packed)
-            # ASKING and the command are sent back to back, so they are written contiguously
-            # on the wire and nothing can come between them.
-            wire.send(_ASKING).add_done_callback(consume_outcome)
-            return await wire.send(packed)
+            try:
+                return await self._send_once(connection, packed, asking)
+            except ConnectionDropped:
+                # The call may have run before the connection broke: once more, unchanged (the
+                # same deadline), on a fresh connection. See ConnectionDropped.
+                return await self._send_once(connection, packed, asking)
         except LedgerUnavailable:
             # A primary that cannot be reached may have failed over: look again, in the
             # background and rate-limited, so the next calls go to its replacement.
             self._refresh_soon()
             raise
+
+    async def _send_once(self, connection: FastConnection, packed: bytes, asking: bool) -> Any:
+        wire = connection.wire
+        if wire is None or wire.broken:
+            wire = await connection.ready_wire()
+        if not asking:
+            return await wire.send(packed)
+        # ASKING and the command are sent back to back, so they are written contiguously on the
+        # wire and nothing can come between them.
+        wire.send(_ASKING).add_done_callback(consume_outcome)
+        return await wire.send(packed)
 
     def _redirect_target(self, reply: Exception, current: FastConnection) -> FastConnection:
         """The connection for the node of ``MOVED <slot> <host>:<port>`` or ``ASK ...``."""

@@ -10,5 +10,12 @@ class LedgerUnavailable(Exception):
     """
 
 
+class ConnectionDropped(LedgerUnavailable):
+    """The connection broke (closed or reset) while a call was in flight: the call may or may
+    not have run. A runner sends it once more, unchanged, on a fresh connection: the scripts are
+    idempotent, so that either runs the call or replays the outcome it had, and the caller
+    learns which instead of "busy"."""
+
+
 class LedgerScriptError(Exception):
     """A script raised an error: a bug or a broken invariant, never a business outcome."""

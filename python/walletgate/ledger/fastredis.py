@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar, cast
 import hiredis
 
 from walletgate.config import RedisConfig
-from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
+from walletgate.ledger.errors import ConnectionDropped, LedgerScriptError, LedgerUnavailable
 from walletgate.ledger.runner import ScriptArg
 from walletgate.ledger.scripts import Script
 
@@ -323,11 +323,11 @@ class _Wire(asyncio.Protocol):
             self.fail(f"Redis reply larger than {MAX_REPLY_BUFFER_BYTES} bytes")
 
     def eof_received(self) -> bool | None:
-        self.fail("Redis closed the connection")
+        self.fail("Redis closed the connection", dropped=True)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail("connection to Redis lost")
+        self.fail("connection to Redis lost", dropped=True)
         if not self._lost.done():
             self._lost.set_result(None)
 
@@ -399,10 +399,16 @@ class _Wire(asyncio.Protocol):
             return
         self._watchdog = self.loop.call_at(deadline, self._check_deadlines)
 
-    def fail(self, reason: str) -> None:
-        """Break the wire: every caller still waiting gets LedgerUnavailable, the socket closes."""
+    def fail(self, reason: str, *, dropped: bool = False) -> None:
+        """Break the wire: every caller still waiting gets LedgerUnavailable, the socket closes.
+
+        ``dropped``: the peer closed or reset the connection, so a command already written may
+        have run (:class:`ConnectionDropped`). After a timeout or a protocol error the wire is
+        given up on by this side, and a command's fate is left to its deadline.
+        """
         if self.broken:
             return
+        failure = ConnectionDropped if dropped else LedgerUnavailable
         self.broken = True
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -413,7 +419,7 @@ class _Wire(asyncio.Protocol):
         self._marks.clear()
         for future in pending:
             if not future.done():
-                future.set_exception(LedgerUnavailable(reason))
+                future.set_exception(failure(reason))
         if self._transport is not None:
             # abort(), not close(): queued writes are for callers that were just failed.
             self._transport.abort()
@@ -649,9 +655,14 @@ class FastRedisRunner:
             if wire is None or wire.broken:
                 wire = await connection.ready_wire()
             deadline = script_deadline(self._fence_us)
-            reply = await wire.send(
-                pack_command((_EVALSHA, script.sha, len(keys), *keys, *args, deadline))
-            )
+            packed = pack_command((_EVALSHA, script.sha, len(keys), *keys, *args, deadline))
+            try:
+                reply = await wire.send(packed)
+            except ConnectionDropped:
+                # The call may have run before the connection broke: once more, unchanged (the
+                # same deadline), on a fresh connection. See ConnectionDropped.
+                wire = await connection.ready_wire()
+                reply = await wire.send(packed)
             if isinstance(reply, ReplyError):
                 if str(reply).startswith("NOSCRIPT"):
                     wire = await connection.ready_wire()
