@@ -18,13 +18,13 @@ from walletgate.ledger.admin import adjust
 from walletgate.ledger.cluster_runner import ClusterRunner
 from walletgate.ledger.connect import make_admin_client, make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings
-from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
+from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable, OutcomeUnknown
 from walletgate.ledger.fastredis import (
     FastRedisRunner,
     RedisAddress,
     parse_redis_url,
 )
-from walletgate.ledger.scripts import Script, load_script
+from walletgate.ledger.scripts import Script, all_script_names, load_script
 
 SETTINGS = LedgerSettings(
     journal_buckets=4, cluster=False, idempotency_ttl_s=604_800, midas_ttl_s=172_800
@@ -682,4 +682,32 @@ def test_a_call_whose_reply_is_lost_with_its_connection_is_sent_once_more(
 
     run(scenario)
     assert store.hget("wg:{t1:p-drop}:acct", "bal:usd") == b"1000"
+    store.close()
+
+
+def test_a_script_marked_resend_unsafe_is_never_sent_twice(redis_url: str) -> None:
+    """Midas cancelpay keeps no outcome to replay: run twice, it answers "already rolled back"
+    to a client whose rollback the first run made. Its header marks it, and a dropped
+    connection then ends in OutcomeUnknown (busy), with the call run at most once."""
+    unsafe = {name for name in all_script_names() if not load_script(name).resend_safe}
+    assert unsafe == {"midas_cancelpay"}
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    store = redis.Redis.from_url(redis_url)
+    source = b"return redis.call('INCR', KEYS[1])"
+    counted = Script(
+        name="count", source=source, sha=hashlib.sha1(source).hexdigest(), resend_safe=False
+    )
+
+    async def scenario() -> None:
+        proxy = ReplyDroppingProxy(redis_port)
+        runner = runner_for(f"redis://127.0.0.1:{await proxy.start()}/0")
+        assert await runner.run(counted, ["resend:count"], []) == 1
+        proxy.drop_next_reply = True
+        with pytest.raises(OutcomeUnknown):
+            await runner.run(counted, ["resend:count"], [])
+        assert await runner.run(counted, ["resend:count"], []) == 3
+        await runner.close()
+        await proxy.close()
+
+    run(scenario)
     store.close()

@@ -1062,8 +1062,9 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
     """A writer killed (or stopped, or stuck on its disk) right after it drained every shard
     leaves figures saying "nothing pending". A live owner republishes them every few hundred
     milliseconds, so figures older than ``stale_after_ms`` mean the records that arrived since
-    may have waited that long: /readyz must see that lag (and a dead writer) well before a
-    lease, which it once waited for (10 s, twice the default max_lag_ms)."""
+    may have waited that long: /readyz must see that lag (failing once it passes max_lag_ms)
+    instead of waiting a lease (10 s, twice the default max_lag_ms). Only after a lease does
+    the writer count as down: a slow cycle is not a dead writer."""
     config = journal_config(redis_url, tmp_path / "journal")
     settings = WriterSettings.from_config(config)
     assert settings.stale_after_ms < settings.lease_ms
@@ -1084,8 +1085,18 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
         return observer.status()
 
     status = run(scenario())
-    assert not status.alive
+    assert status.alive
     assert status.oldest_pending_age_s >= silence_ms / 1000
+
+    # Silent for more than a lease: the writer is down.
+    client = redis.Redis.from_url(redis_url)
+    gone = {**drained, "updated_ms": int(time.time() * 1000) - settings.lease_ms - 1000}
+    for number in range(writer.shard_count_of(settings)):
+        client.hset(writer.STATS_KEY, str(number), orjson.dumps(gone))
+    client.close()
+    status = run(scenario())
+    assert not status.alive
+    assert status.oldest_pending_age_s >= (settings.lease_ms + 1000) / 1000
 
 
 def test_a_stop_that_times_out_still_gives_the_shards_back(

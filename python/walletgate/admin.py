@@ -17,7 +17,7 @@ from walletgate.config import Config
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.core import INT64_MAX, INT64_MIN, as_str
-from walletgate.ledger.errors import LedgerUnavailable
+from walletgate.ledger.errors import LedgerUnavailable, OutcomeUnknown
 from walletgate.ledger.sessions import register_session
 from walletgate.protocols.common import (
     BodyTooLarge,
@@ -166,6 +166,12 @@ def admin_routes(
                 amount_units=amount_units,
                 ref=ref,
                 kind=kind,
+            )
+        except OutcomeUnknown:
+            ctx.metrics.inc("redis_errors_total")
+            # Its connection broke after it was sent, and it could not be sent again.
+            return error(
+                503, "unavailable", "redis unavailable, outcome unknown: retry with the same ref"
             )
         except LedgerUnavailable:
             ctx.metrics.inc("redis_errors_total")

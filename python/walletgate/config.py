@@ -57,8 +57,8 @@ class RedisConfig:
     command_timeout_ms: int = 2000
     queue_wait_ms: int = 200
     connections: int = 1
-    # More cluster nodes ("host:port") to ask for the slot map when the url's node does not
-    # answer; credentials and TLS are the url's. Cluster only.
+    # More cluster nodes ("host:port") to ask for the slot map besides the url's node, so that
+    # any one of them answering is enough; credentials and TLS are the url's. Cluster only.
     seeds: tuple[tuple[str, int], ...] = ()
 
 
@@ -337,7 +337,9 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         cluster=_bool(redis_raw, "cluster", False, "redis"),
         max_in_flight=_int(redis_raw, "max_in_flight", 1024, 1, 65_536, "redis"),
         connect_timeout_ms=_int(redis_raw, "connect_timeout_ms", 1000, 10, 60_000, "redis"),
-        command_timeout_ms=_int(redis_raw, "command_timeout_ms", 2000, 10, 60_000, "redis"),
+        # At least 200 ms: half of it is the call deadline's margin for clock skew between the
+        # gateway and Redis (see walletgate.ledger.fastredis.script_deadline).
+        command_timeout_ms=_int(redis_raw, "command_timeout_ms", 2000, 200, 60_000, "redis"),
         queue_wait_ms=_int(redis_raw, "queue_wait_ms", 200, 0, 60_000, "redis"),
         connections=_int(redis_raw, "connections", 1, 1, 64, "redis"),
         seeds=tuple(

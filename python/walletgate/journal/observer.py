@@ -99,13 +99,15 @@ class JournalObserver:
         )
         freshest_ms = figures.freshest_update_ms
         restarts = read_sidecar_restarts(self._sidecar_state_path)
-        # The writer is alive when some shard owner reported lately (live owners republish
-        # their figures every cycle, unchanged ones every half status interval). A fresh start has
+        # The writer is alive when some shard owner reported within a lease. Staleness shorter
+        # than that counts as lag (above), which fails readiness once it exceeds max_lag_ms,
+        # but does not make a writer that is merely slow (a long fsync, the takeover of many
+        # shards in one cycle, a clock a second off between hosts) look dead. A fresh start has
         # two leases' grace before that is required (the shards of a writer that was killed
         # are taken only once its leases run out), but not once the writer process had to be
         # restarted: a worker started meanwhile would call a crash-looping writer alive.
         starting = uptime_ms < 2 * lease_ms and restarts == 0
-        alive = starting or (freshest_ms > 0 and now_ms - freshest_ms < stale_ms)
+        alive = starting or (freshest_ms > 0 and now_ms - freshest_ms < lease_ms)
         self._status = _with(
             self._status,
             alive=alive,

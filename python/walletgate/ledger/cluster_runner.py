@@ -18,7 +18,7 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from walletgate.config import RedisConfig
-from walletgate.ledger.errors import ConnectionDropped, LedgerUnavailable
+from walletgate.ledger.errors import ConnectionDropped, LedgerUnavailable, OutcomeUnknown
 from walletgate.ledger.fastredis import (
     REPLICA_ERROR_CODES,
     WAITERS_PER_IN_FLIGHT,
@@ -31,6 +31,7 @@ from walletgate.ledger.fastredis import (
     join_shared,
     pack_command,
     parse_redis_url,
+    resend_or_raise,
     script_deadline,
     script_failure,
     script_fence_us,
@@ -112,42 +113,53 @@ class ClusterRunner:
         else:
             await limiter.acquire()
         try:
-            # A script without keys (the readiness ping) may run on any primary: slot 0's.
-            slot = key_slot(keys[0].encode()) if keys else 0
-            connection = self.slots[slot]
-            if connection is None:
-                await self.refresh()
-                connection = self.slots[slot]
-                if connection is None:
-                    raise LedgerUnavailable(f"no cluster primary serves slot {slot}")
-            # The deadline goes last, after the script's own arguments (see script_deadline).
-            args = (*args, script_deadline(self._fence_us))
-            packed = pack_command((_EVALSHA, script.sha, len(keys), *keys, *args))
-            asking = False
-            for _ in range(MAX_REDIRECTS + 1):
-                reply = await self._send_script(connection, packed, script, keys, args, asking)
-                if not isinstance(reply, ReplyError):
-                    return reply
-                code = error_code(reply)
-                if code == "MOVED":
-                    connection = self._redirect_target(reply, connection)
-                    # The reply is authoritative for this slot: use it now, reload the rest.
-                    self.slots[slot] = connection
-                    self._refresh_soon()
-                    asking = False
-                elif code == "ASK":
-                    # A migration in progress: only keys already moved live on the target, and
-                    # the slot still belongs to the source, so the map stays as it is.
-                    connection = self._redirect_target(reply, connection)
-                    asking = True
-                else:
-                    if code in REPLICA_ERROR_CODES:
-                        # This node was demoted: the next calls go where the map says now.
-                        self._refresh_soon()
-                    raise script_failure(reply)
-            raise LedgerUnavailable(f"slot {slot} redirected more than {MAX_REDIRECTS} times")
+            try:
+                return await self._call(script, keys, args)
+            except ConnectionDropped as dropped:
+                resend_or_raise(script, dropped)
+            # Once more, with a fresh deadline, on a fresh connection (see ConnectionDropped).
+            try:
+                return await self._call(script, keys, args)
+            except LedgerUnavailable as error:
+                raise OutcomeUnknown(f"sent twice, no outcome: {error}") from error
         finally:
             limiter.release()
+
+    async def _call(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        # A script without keys (the readiness ping) may run on any primary: slot 0's.
+        slot = key_slot(keys[0].encode()) if keys else 0
+        connection = self.slots[slot]
+        if connection is None:
+            await self.refresh()
+            connection = self.slots[slot]
+            if connection is None:
+                raise LedgerUnavailable(f"no cluster primary serves slot {slot}")
+        # The deadline goes last, after the script's own arguments (see script_deadline).
+        args = (*args, script_deadline(self._fence_us))
+        packed = pack_command((_EVALSHA, script.sha, len(keys), *keys, *args))
+        asking = False
+        for _ in range(MAX_REDIRECTS + 1):
+            reply = await self._send_script(connection, packed, script, keys, args, asking)
+            if not isinstance(reply, ReplyError):
+                return reply
+            code = error_code(reply)
+            if code == "MOVED":
+                connection = self._redirect_target(reply, connection)
+                # The reply is authoritative for this slot: use it now, reload the rest.
+                self.slots[slot] = connection
+                self._refresh_soon()
+                asking = False
+            elif code == "ASK":
+                # A migration in progress: only keys already moved live on the target, and
+                # the slot still belongs to the source, so the map stays as it is.
+                connection = self._redirect_target(reply, connection)
+                asking = True
+            else:
+                if code in REPLICA_ERROR_CODES:
+                    # This node was demoted: the next calls go where the map says now.
+                    self._refresh_soon()
+                raise script_failure(reply)
+        raise LedgerUnavailable(f"slot {slot} redirected more than {MAX_REDIRECTS} times")
 
     async def _send_script(
         self,
@@ -170,12 +182,7 @@ class ClusterRunner:
 
     async def _send(self, connection: FastConnection, packed: bytes, asking: bool) -> Any:
         try:
-            try:
-                return await self._send_once(connection, packed, asking)
-            except ConnectionDropped:
-                # The call may have run before the connection broke: once more, unchanged (the
-                # same deadline), on a fresh connection. See ConnectionDropped.
-                return await self._send_once(connection, packed, asking)
+            return await self._send_once(connection, packed, asking)
         except LedgerUnavailable:
             # A primary that cannot be reached may have failed over: look again, in the
             # background and rate-limited, so the next calls go to its replacement.

@@ -12,9 +12,16 @@ class LedgerUnavailable(Exception):
 
 class ConnectionDropped(LedgerUnavailable):
     """The connection broke (closed or reset) while a call was in flight: the call may or may
-    not have run. A runner sends it once more, unchanged, on a fresh connection: the scripts are
-    idempotent, so that either runs the call or replays the outcome it had, and the caller
-    learns which instead of "busy"."""
+    not have run. A runner sends it once more on a fresh connection (a script that is not
+    marked ``-- resend: unsafe``): the scripts are idempotent, so that either runs the call or
+    replays the outcome it had, and the caller learns which instead of "busy"."""
+
+
+class OutcomeUnknown(LedgerUnavailable):
+    """A call may have run, but its outcome could not be learned: its connection broke in
+    flight and sending it again failed too (or the script may not be sent twice). Protocols
+    answer "busy" as for any unavailability; the client's retry with the same key learns the
+    outcome, since the call is idempotent."""
 
 
 class LedgerScriptError(Exception):

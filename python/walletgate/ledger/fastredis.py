@@ -34,7 +34,12 @@ from typing import Any, Final, TypeVar, cast
 import hiredis
 
 from walletgate.config import RedisConfig
-from walletgate.ledger.errors import ConnectionDropped, LedgerScriptError, LedgerUnavailable
+from walletgate.ledger.errors import (
+    ConnectionDropped,
+    LedgerScriptError,
+    LedgerUnavailable,
+    OutcomeUnknown,
+)
 from walletgate.ledger.runner import ScriptArg
 from walletgate.ledger.scripts import Script
 
@@ -96,6 +101,13 @@ SCRIPT_FENCE_SHARE: Final = 0.5
 def script_fence_us(command_timeout_ms: int) -> int:
     """How long after it is sent a script call may still start, in microseconds."""
     return int(command_timeout_ms * 1000 * SCRIPT_FENCE_SHARE)
+
+
+def resend_or_raise(script: Script, dropped: ConnectionDropped) -> None:
+    """Return when ``script`` may be sent again after its connection broke in flight; raise
+    :class:`OutcomeUnknown` when it may not (its header says ``-- resend: unsafe``)."""
+    if not script.resend_safe:
+        raise OutcomeUnknown(f"{script.name} may have run; it is not sent twice") from dropped
 
 
 def script_deadline(fence_us: int) -> bytes:
@@ -650,33 +662,39 @@ class FastRedisRunner:
         else:
             await limiter.acquire()
         try:
-            connection = self._connection()
-            wire = connection.wire
-            if wire is None or wire.broken:
-                wire = await connection.ready_wire()
-            deadline = script_deadline(self._fence_us)
-            packed = pack_command((_EVALSHA, script.sha, len(keys), *keys, *args, deadline))
             try:
-                reply = await wire.send(packed)
-            except ConnectionDropped:
-                # The call may have run before the connection broke: once more, unchanged (the
-                # same deadline), on a fresh connection. See ConnectionDropped.
-                wire = await connection.ready_wire()
-                reply = await wire.send(packed)
-            if isinstance(reply, ReplyError):
-                if str(reply).startswith("NOSCRIPT"):
-                    wire = await connection.ready_wire()
-                    reply = await wire.send(
-                        pack_command((_EVAL, script.source, len(keys), *keys, *args, deadline))
-                    )
-                    if not isinstance(reply, ReplyError):
-                        return reply
-                if error_code(reply) in REPLICA_ERROR_CODES:
-                    wire.fail(f"the server is a replica now: {reply}")
-                raise script_failure(reply)
-            return reply
+                return await self._call(script, keys, args)
+            except ConnectionDropped as dropped:
+                resend_or_raise(script, dropped)
+            # Once more, with a fresh deadline, on a fresh connection (see ConnectionDropped).
+            try:
+                return await self._call(script, keys, args)
+            except LedgerUnavailable as error:
+                raise OutcomeUnknown(f"sent twice, no outcome: {error}") from error
         finally:
             limiter.release()
+
+    async def _call(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        connection = self._connection()
+        wire = connection.wire
+        if wire is None or wire.broken:
+            wire = await connection.ready_wire()
+        deadline = script_deadline(self._fence_us)
+        reply = await wire.send(
+            pack_command((_EVALSHA, script.sha, len(keys), *keys, *args, deadline))
+        )
+        if isinstance(reply, ReplyError):
+            if str(reply).startswith("NOSCRIPT"):
+                wire = await connection.ready_wire()
+                reply = await wire.send(
+                    pack_command((_EVAL, script.source, len(keys), *keys, *args, deadline))
+                )
+                if not isinstance(reply, ReplyError):
+                    return reply
+            if error_code(reply) in REPLICA_ERROR_CODES:
+                wire.fail(f"the server is a replica now: {reply}")
+            raise script_failure(reply)
+        return reply
 
     async def command(self, *args: ScriptArg) -> Any:
         """One non-script command through the same bound; error replies raise like scripts."""

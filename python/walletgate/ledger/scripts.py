@@ -20,11 +20,18 @@ INCLUDE_MARK = "-- include: "
 SHEBANG_MARK = "#!lua"
 
 
+# A script whose second run with the same arguments does not answer as its first (it keeps no
+# outcome to replay) says so in its header; the runners never send it twice.
+RESEND_UNSAFE_MARK = "-- resend: unsafe"
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     name: str
     source: bytes
     sha: str
+    # Whether a runner may send the call again after its connection broke in flight.
+    resend_safe: bool = True
 
 
 def _read(name: str) -> str:
@@ -51,7 +58,10 @@ def load_script(name: str) -> Script:
         parts.insert(0, shebang)
     source = "\n".join(parts).encode("utf-8")
     return Script(
-        name=name, source=source, sha=hashlib.sha1(source, usedforsecurity=False).hexdigest()
+        name=name,
+        source=source,
+        sha=hashlib.sha1(source, usedforsecurity=False).hexdigest(),
+        resend_safe=not any(line.startswith(RESEND_UNSAFE_MARK) for line in body.splitlines()),
     )
 
 

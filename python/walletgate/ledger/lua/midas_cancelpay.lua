@@ -17,6 +17,8 @@
 --   "session"   the session_key is gone, expired or not the one verified; nothing written
 --   "overflow"  a part would leave int64; nothing written
 -- Journal: kind "cancelpay" (delta/bal = paid part, extra gdelta/gbal = gifted part).
+-- resend: unsafe. A second run answers "repeat" (90015), not the rollback the first made, so a
+-- call whose connection broke in flight is answered "busy" instead of being sent again.
 
 local currency = ARGV[3]
 local protocol = ARGV[4]
