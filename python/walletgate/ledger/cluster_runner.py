@@ -18,7 +18,7 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from walletgate.config import RedisConfig
-from walletgate.ledger.errors import ConnectionDropped, LedgerUnavailable, OutcomeUnknown
+from walletgate.ledger.errors import ConnectionDropped, LedgerUnavailable
 from walletgate.ledger.fastredis import (
     REPLICA_ERROR_CODES,
     WAITERS_PER_IN_FLIGHT,
@@ -31,7 +31,7 @@ from walletgate.ledger.fastredis import (
     join_shared,
     pack_command,
     parse_redis_url,
-    resend_or_raise,
+    resend,
     script_deadline,
     script_failure,
     script_fence_us,
@@ -113,15 +113,9 @@ class ClusterRunner:
         else:
             await limiter.acquire()
         try:
-            try:
-                return await self._call(script, keys, args)
-            except ConnectionDropped as dropped:
-                resend_or_raise(script, dropped)
-            # Once more, with a fresh deadline, on a fresh connection (see ConnectionDropped).
-            try:
-                return await self._call(script, keys, args)
-            except LedgerUnavailable as error:
-                raise OutcomeUnknown(f"sent twice, no outcome: {error}") from error
+            return await self._call(script, keys, args)
+        except ConnectionDropped as dropped:
+            return await resend(self._call, script, keys, args, dropped)
         finally:
             limiter.release()
 

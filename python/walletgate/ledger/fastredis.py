@@ -27,7 +27,7 @@ import ssl
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -103,11 +103,22 @@ def script_fence_us(command_timeout_ms: int) -> int:
     return int(command_timeout_ms * 1000 * SCRIPT_FENCE_SHARE)
 
 
-def resend_or_raise(script: Script, dropped: ConnectionDropped) -> None:
-    """Return when ``script`` may be sent again after its connection broke in flight; raise
-    :class:`OutcomeUnknown` when it may not (its header says ``-- resend: unsafe``)."""
+async def resend(
+    call: Callable[[Script, Sequence[str], Sequence[ScriptArg]], Awaitable[Any]],
+    script: Script,
+    keys: Sequence[str],
+    args: Sequence[ScriptArg],
+    dropped: ConnectionDropped,
+) -> Any:
+    """Send a call whose connection broke in flight once more (``call`` makes a fresh deadline
+    and a fresh connection), see :class:`ConnectionDropped`. Raises :class:`OutcomeUnknown`
+    when that fails too, or when the script may not run twice (``-- resend: unsafe``)."""
     if not script.resend_safe:
         raise OutcomeUnknown(f"{script.name} may have run; it is not sent twice") from dropped
+    try:
+        return await call(script, keys, args)
+    except LedgerUnavailable as error:
+        raise OutcomeUnknown(f"sent twice, no outcome: {error}") from error
 
 
 def script_deadline(fence_us: int) -> bytes:
@@ -662,15 +673,9 @@ class FastRedisRunner:
         else:
             await limiter.acquire()
         try:
-            try:
-                return await self._call(script, keys, args)
-            except ConnectionDropped as dropped:
-                resend_or_raise(script, dropped)
-            # Once more, with a fresh deadline, on a fresh connection (see ConnectionDropped).
-            try:
-                return await self._call(script, keys, args)
-            except LedgerUnavailable as error:
-                raise OutcomeUnknown(f"sent twice, no outcome: {error}") from error
+            return await self._call(script, keys, args)
+        except ConnectionDropped as dropped:
+            return await resend(self._call, script, keys, args, dropped)
         finally:
             limiter.release()
 
