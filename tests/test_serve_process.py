@@ -483,7 +483,8 @@ def test_an_unread_body_closes_its_connection_and_the_next_request_is_answered(
             assert client.get("/healthz").status_code == 200
 
 
-ORPHAN_EXIT_TIMEOUT_S = 15.0
+# The grace of walletgate.supervision, plus its polling and the time to exit.
+ORPHAN_EXIT_TIMEOUT_S = 20.0
 
 
 def _children(pid: int) -> set[int]:

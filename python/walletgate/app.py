@@ -114,19 +114,15 @@ def create_app(
         publisher = asyncio.get_running_loop().create_task(
             _publish_metrics(metrics, journal_status, config.journal.dir)
         )
-        # An orphaned worker (serve was killed) stops as on SIGTERM, gracefully.
-        orphan_watch = watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
         # Everything the app built so far lives as long as the worker: keep it out of the
         # collector's full passes (see walletgate.heap for the measured pauses).
         freeze_startup_heap()
         try:
             yield {"context": context, "journal_writer": writer}
         finally:
-            for task in (publisher, orphan_watch):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
             if writer is not None:
                 await writer.stop()
             await access_log.stop()
@@ -195,6 +191,9 @@ async def _publish_metrics(
 def app_from_env() -> Any:
     """Granian's factory target: each worker reads the config named by WALLETGATE_CONFIG."""
     configure_logging()
+    # A worker orphaned by a killed serve stops as on SIGTERM, gracefully. Watched from here,
+    # the worker's start, since serve may die while the worker is still starting.
+    watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
     config = load_config(os.environ[CONFIG_ENV])
     metrics_dir = os.environ.get(METRICS_DIR_ENV)
     access_log = AccessLog(enabled=os.environ.get(ACCESS_LOG_ENV, "1") != "0")

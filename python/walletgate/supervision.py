@@ -5,20 +5,26 @@ When ``serve`` itself dies without stopping them (``kill -9``, an OOM kill), the
 as orphans: workers that keep answering from a gateway nobody supervises, holding the port a
 restarted ``serve`` needs, and a writer nobody restarts. A parent-death signal (``prctl``)
 fires when the *thread* that forked the child exits, which may be any of Granian's threads, so
-each child instead checks its parent once a second and stops itself gracefully when it has
-been reparented.
+each child instead checks its parent once a second, from a thread of its own that runs whatever
+its event loop is doing (a worker may still be starting), asks itself to stop gracefully once
+it has been reparented (again each second), and exits for good if that has not happened within
+a grace period.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 SUPERVISOR_PID_ENV: Final = "WALLETGATE_SUPERVISOR_PID"
 ORPHAN_CHECK_INTERVAL_S: Final = 1.0
+# A graceful stop (lifespan shutdown, the writer giving its shards back) takes a few seconds at
+# most; an orphan still running after this exits without it.
+ORPHAN_EXIT_GRACE_S: Final = 10.0
 
 logger = logging.getLogger("walletgate")
 
@@ -30,20 +36,32 @@ def supervisor_pid() -> int | None:
     return int(text) if text.isdigit() else None
 
 
-async def stop_when_orphaned(supervisor: int, stop: Callable[[], None]) -> None:
-    """Call ``stop`` once this process's parent is no longer ``supervisor``, then return."""
-    # Polled: no event tells a process that its parent died (see the module's docstring).
-    while True:
-        if os.getppid() != supervisor:
-            break
-        await asyncio.sleep(ORPHAN_CHECK_INTERVAL_S)
-    logger.warning("walletgate serve (pid %d) is gone; this process stops", supervisor)
-    stop()
+def watch_supervisor(stop: Callable[[], Any]) -> threading.Thread | None:
+    """Start the watch (a daemon thread) when a supervisor other than this process is named.
 
-
-def watch_supervisor(stop: Callable[[], None]) -> asyncio.Task[None] | None:
-    """Start :func:`stop_when_orphaned` on the running loop when a supervisor is named."""
+    ``stop`` is called from that thread once this process has been reparented: it must be
+    thread-safe (a signal to this process, ``loop.call_soon_threadsafe``).
+    """
     supervisor = supervisor_pid()
-    if supervisor is None:
+    if supervisor is None or supervisor == os.getpid():
         return None
-    return asyncio.get_running_loop().create_task(stop_when_orphaned(supervisor, stop))
+    thread = threading.Thread(
+        target=_watch, args=(supervisor, stop), name="walletgate-orphan-watch", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _watch(supervisor: int, stop: Callable[[], Any]) -> None:
+    # Polled: no event tells a process that its parent died (see the module's docstring).
+    while os.getppid() == supervisor:
+        time.sleep(ORPHAN_CHECK_INTERVAL_S)
+    logger.warning("walletgate serve (pid %d) is gone; this process stops", supervisor)
+    # Asked again each interval: a worker still starting may not handle SIGTERM yet (it keeps
+    # the handler it was forked with, which only sets a flag in the dead parent's state).
+    give_up_at = time.monotonic() + ORPHAN_EXIT_GRACE_S
+    while time.monotonic() < give_up_at:
+        stop()
+        time.sleep(ORPHAN_CHECK_INTERVAL_S)
+    logger.error("still running %.0f s after serve was gone; exiting now", ORPHAN_EXIT_GRACE_S)
+    os._exit(1)

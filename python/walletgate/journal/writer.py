@@ -1105,12 +1105,10 @@ async def run_foreground(
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, writer.request_stop)
     # A sidecar whose serve was killed stops as on SIGTERM (nobody would restart it).
-    orphan_watch = watch_supervisor(writer.request_stop)
+    watch_supervisor(lambda: loop.call_soon_threadsafe(writer.request_stop))
     try:
         await writer.run()
     finally:
-        if orphan_watch is not None:
-            orphan_watch.cancel()
         await client.aclose()
 
 
