@@ -18,10 +18,11 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from walletgate.config import RedisConfig
-from walletgate.ledger.errors import ConnectionDropped, LedgerUnavailable
+from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.fastredis import (
     REPLICA_ERROR_CODES,
     WAITERS_PER_IN_FLIGHT,
+    BoundedRunner,
     FastConnection,
     InFlightLimiter,
     RedisAddress,
@@ -31,7 +32,6 @@ from walletgate.ledger.fastredis import (
     join_shared,
     pack_command,
     parse_redis_url,
-    resend,
     script_deadline,
     script_failure,
     script_fence_us,
@@ -54,7 +54,7 @@ _EVALSHA: Final = b"EVALSHA"
 _EVAL: Final = b"EVAL"
 
 
-class ClusterRunner:
+class ClusterRunner(BoundedRunner):
     """A :class:`~walletgate.ledger.runner.ScriptRunner` over a Redis Cluster's primaries."""
 
     def __init__(
@@ -100,24 +100,7 @@ class ClusterRunner:
             command_timeout_ms=config.command_timeout_ms,
         )
 
-    @property
-    def in_flight(self) -> int:
-        return self._limiter.in_flight
-
-    # -- script calls -----------------------------------------------------------------------
-
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        limiter = self._limiter
-        if limiter.in_flight < limiter.limit and not limiter.waiters:
-            limiter.in_flight += 1
-        else:
-            await limiter.acquire()
-        try:
-            return await self._call(script, keys, args)
-        except ConnectionDropped as dropped:
-            return await resend(self._call, script, keys, args, dropped)
-        finally:
-            limiter.release()
+    # -- script calls (run() is BoundedRunner's) ---------------------------------------------
 
     async def _call(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         # A script without keys (the readiness ping) may run on any primary: slot 0's.
@@ -175,24 +158,21 @@ class ClusterRunner:
         return reply
 
     async def _send(self, connection: FastConnection, packed: bytes, asking: bool) -> Any:
+        wire = connection.wire
         try:
-            return await self._send_once(connection, packed, asking)
+            if wire is None or wire.broken:
+                wire = await connection.ready_wire()
+            if not asking:
+                return await wire.send(packed)
+            # ASKING and the command are sent back to back, so they are written contiguously
+            # on the wire and nothing can come between them.
+            wire.send(_ASKING).add_done_callback(consume_outcome)
+            return await wire.send(packed)
         except LedgerUnavailable:
             # A primary that cannot be reached may have failed over: look again, in the
             # background and rate-limited, so the next calls go to its replacement.
             self._refresh_soon()
             raise
-
-    async def _send_once(self, connection: FastConnection, packed: bytes, asking: bool) -> Any:
-        wire = connection.wire
-        if wire is None or wire.broken:
-            wire = await connection.ready_wire()
-        if not asking:
-            return await wire.send(packed)
-        # ASKING and the command are sent back to back, so they are written contiguously on the
-        # wire and nothing can come between them.
-        wire.send(_ASKING).add_done_callback(consume_outcome)
-        return await wire.send(packed)
 
     def _redirect_target(self, reply: Exception, current: FastConnection) -> FastConnection:
         """The connection for the node of ``MOVED <slot> <host>:<port>`` or ``ASK ...``."""

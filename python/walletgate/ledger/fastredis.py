@@ -600,7 +600,36 @@ def consume_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class FastRedisRunner:
+class BoundedRunner:
+    """What the two hot-path runners share: each script call holds a slot of the in-flight
+    bound, and a call whose connection broke in flight is sent once more (:func:`resend`).
+    A subclass sets ``_limiter`` and makes one attempt of a call in ``_call``."""
+
+    _limiter: InFlightLimiter
+
+    @property
+    def in_flight(self) -> int:
+        return self._limiter.in_flight
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        limiter = self._limiter
+        # The limiter's fast path, inlined: this method is the gateway's hottest code.
+        if limiter.in_flight < limiter.limit and not limiter.waiters:
+            limiter.in_flight += 1
+        else:
+            await limiter.acquire()
+        try:
+            return await self._call(script, keys, args)
+        except ConnectionDropped as dropped:
+            return await resend(self._call, script, keys, args, dropped)
+        finally:
+            limiter.release()
+
+    async def _call(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        raise NotImplementedError
+
+
+class FastRedisRunner(BoundedRunner):
     """The standalone-Redis :class:`~walletgate.ledger.runner.ScriptRunner` of the hot path.
 
     ``connections`` pipelined sockets are used round-robin; one is enough on a small machine
@@ -653,10 +682,6 @@ class FastRedisRunner:
             connections=config.connections,
         )
 
-    @property
-    def in_flight(self) -> int:
-        return self._limiter.in_flight
-
     def _connection(self) -> FastConnection:
         connections = self._connections
         if len(connections) == 1:
@@ -664,20 +689,6 @@ class FastRedisRunner:
         index = self._next
         self._next = (index + 1) % len(connections)
         return connections[index]
-
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        limiter = self._limiter
-        # The limiter's fast path, inlined: this method is the gateway's hottest code.
-        if limiter.in_flight < limiter.limit and not limiter.waiters:
-            limiter.in_flight += 1
-        else:
-            await limiter.acquire()
-        try:
-            return await self._call(script, keys, args)
-        except ConnectionDropped as dropped:
-            return await resend(self._call, script, keys, args, dropped)
-        finally:
-            limiter.release()
 
     async def _call(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         connection = self._connection()

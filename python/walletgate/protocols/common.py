@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope
 
 from walletgate import _native
 from walletgate.config import Config
-from walletgate.ledger.core import INT64_MAX, Ledger
+from walletgate.ledger.core import INT64_MAX, INT64_MIN, Ledger
 from walletgate.metrics import Metrics
 
 LOG_SCOPE_KEY = "wg.log"
@@ -189,7 +189,7 @@ def logged_ref(value: str | int) -> str | int:
     that fits 64 bits as it is, anything else as text of at most MAX_LOGGED_TEXT_CHARS (orjson,
     the journal's encoder, refuses wider integers)."""
     if type(value) is int:
-        if -(2**63) <= value <= UINT64_MAX:
+        if INT64_MIN <= value <= UINT64_MAX:
             return value
         # The strict parser refuses integers of more than 4300 digits, so str() cannot fail.
         value = str(value)
