@@ -35,6 +35,7 @@ from walletgate.protocols.common import (
     GatewayContext,
     JsonResponse,
     has_wrong_json_type,
+    is_int,
     logged_ref,
     merchant_id_only,
     note,
@@ -523,7 +524,7 @@ class _Handlers:
             if award_ids:
                 refs["award_order_ids"] = award_ids
             round_id = data.get("round_id")
-            if isinstance(round_id, str | int) and type(round_id) is not bool:
+            if type(round_id) is str or is_int(round_id):
                 refs["round_id"] = logged_ref(round_id)
             result = await ledger_minigame.change_balance(
                 self.ledger,
