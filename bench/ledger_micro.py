@@ -3,7 +3,9 @@
 One run measures, against the same redis-server and with the same Lua script text:
 
 * ``fast``: :class:`walletgate.ledger.fastredis.FastRedisRunner`, the hot path (per number of
-  pipelined connections given with ``--connections``);
+  pipelined connections given with ``--connections``); with ``--replica`` the server gets a
+  replica, and each fast variant runs once more with ``replica_acks = 1`` (every batch waits
+  for the replica, see ``[redis] replica_acks``);
 * ``redis-py``: redis-py's asyncio client through ``RedisPyRunner``, for reference;
 * ``redis-benchmark``: the C tool running ``EVALSHA`` of the same script, ``-c`` clients and
   no pipelining (``-P 1``), every operation's keys randomised with ``__rand_int__``.
@@ -15,6 +17,7 @@ flushed database; the table shows the median round. The issue's acceptance is th
 
     PYTHONPATH=python python bench/ledger_micro.py            # 200k ops x 3 rounds
     PYTHONPATH=python python bench/ledger_micro.py --quick    # CI: a few seconds
+    PYTHONPATH=python python bench/ledger_micro.py --replica  # + the cost of replica_acks
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import shutil
 import socket
 import statistics
@@ -65,6 +69,9 @@ KEYSPACE = 100_000_000
 WARMUP_OPS = 2_000
 Result = TypeVar("Result")
 REDIS_START_TIMEOUT_S = 10.0
+# With --replica: long enough that a loaded 2-core machine never times a WAIT out (a timed-out
+# call is not applied twice, but the bench counts only applied debits).
+REPLICA_ACK_TIMEOUT_MS = 500
 
 
 def free_port() -> int:
@@ -73,38 +80,74 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _start_server(binary: str, directory: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--dir", directory, "--protected-mode", "no", *extra),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+
+
+def _wait_for_replica(url: str) -> None:
+    """Until a write is confirmed by the replica (WAIT counts only a synced, online one)."""
+    primary = redis.Redis.from_url(url)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    try:
+        while int(primary.execute_command("WAIT", 1, 100)) < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica did not sync")
+            primary.set("bench:replication-probe", "1")
+    finally:
+        primary.close()
+
+
 @contextmanager
-def own_redis_server(*, appendonly: bool = False) -> Iterator[str]:
+def own_redis_server(*, appendonly: bool = False, replica: bool = False) -> Iterator[str]:
     """A throwaway redis-server on a free loopback port: no RDB, AOF (``everysec``) only when
-    ``appendonly``."""
+    ``appendonly``, and with ``replica`` a second server replicating it."""
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server is not installed; install it or pass --redis-url")
     port = free_port()
+    processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ledger-micro-") as directory:
-        process = subprocess.Popen(
-            [
-                *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec"),
-                *("--dir", directory, "--protected-mode", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         try:
-            deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
+            processes.append(
+                _start_server(
+                    *(binary, directory, port),
+                    *("--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec"),
+                    *("--repl-diskless-sync-delay", "0"),
+                )
+            )
+            url = f"redis://127.0.0.1:{port}/0"
+            if replica:
+                replica_dir = f"{directory}/replica"
+                os.mkdir(replica_dir)
+                processes.append(
+                    _start_server(
+                        *(binary, replica_dir, free_port()),
+                        *("--appendonly", "no", "--replicaof", "127.0.0.1", str(port)),
+                    )
+                )
+                _wait_for_replica(url)
+            yield url
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=10)
 
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, Result]]) -> Result:
@@ -185,24 +228,37 @@ def main() -> None:
         default="1,2",
         help="comma-separated pipelined connection counts for the fast runner",
     )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="start a replica too, and run each fast variant again with replica_acks = 1",
+    )
     parser.add_argument("--quick", action="store_true", help="20k ops, one round (for CI)")
     options = parser.parse_args()
+    if options.replica and options.redis_url:
+        parser.error("--replica starts its own primary and replica; it takes no --redis-url")
     if options.quick:
         options.ops, options.rounds = 20_000, 1
     connection_counts = [int(count) for count in options.connections.split(",")]
 
     server: AbstractContextManager[str] = (
-        nullcontext(options.redis_url) if options.redis_url else own_redis_server()
+        nullcontext(options.redis_url)
+        if options.redis_url
+        else own_redis_server(replica=options.replica)
     )
     ops, concurrency = options.ops, options.concurrency
     with server as url:
         admin = redis.Redis.from_url(url)
         admin.script_load(DEBIT_SOURCE)
 
-        def fast(connections: int) -> Callable[[], float]:
+        def fast(connections: int, replica_acks: int = 0) -> Callable[[], float]:
             def make() -> ScriptRunner:
                 return FastRedisRunner.from_url(
-                    url, max_in_flight=max(1024, concurrency), connections=connections
+                    url,
+                    max_in_flight=max(1024, concurrency),
+                    connections=connections,
+                    replica_acks=replica_acks,
+                    replica_ack_timeout_ms=REPLICA_ACK_TIMEOUT_MS,
                 )
 
             return lambda: run_loop(bench_python(make, ops, concurrency))
@@ -224,6 +280,9 @@ def main() -> None:
         variants: dict[str, Callable[[], float]] = {
             f"fast runner ({count} conn)": fast(count) for count in connection_counts
         }
+        if options.replica:
+            for count in connection_counts:
+                variants[f"fast ({count} conn, acks 1)"] = fast(count, replica_acks=1)
         variants["redis-py asyncio"] = redis_py_asyncio
         variants["redis-benchmark"] = benchmark
 

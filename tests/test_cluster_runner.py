@@ -19,7 +19,7 @@ from walletgate.ledger.admin import adjust
 from walletgate.ledger.cluster_runner import ClusterRunner
 from walletgate.ledger.connect import make_admin_client, make_runner
 from walletgate.ledger.core import Ledger, LedgerSettings, ping
-from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable
+from walletgate.ledger.errors import LedgerScriptError, LedgerUnavailable, NotReplicated
 from walletgate.ledger.scripts import Script, load_script
 
 CLUSTER_SETTINGS = LedgerSettings(
@@ -417,3 +417,22 @@ def test_seed_nodes_stand_in_for_a_url_node_that_is_down(cluster: RedisCluster) 
         await runner.close()
 
     run(without_seeds)
+
+
+@pytest.mark.cluster
+def test_replica_acks_reach_every_primary_connection(cluster: RedisCluster) -> None:
+    """The test cluster has no replicas: with ``replica_acks = 1`` every primary's WAIT counts
+    none, so a write is applied but never acknowledged (NotReplicated), on each node."""
+
+    async def scenario() -> None:
+        runner = make_runner(
+            RedisConfig(url=cluster.url, cluster=True, replica_acks=1, replica_ack_timeout_ms=20)
+        )
+        for port in cluster.ports:
+            key, _ = key_in_slot_owned_by(cluster, port, "acked")
+            with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+                await runner.run(SET_ONE, [key], ["v"])
+            assert cluster.cli(port, "GET", key).strip() == "v"
+        await runner.close()
+
+    run(scenario)

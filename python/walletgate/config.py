@@ -25,6 +25,8 @@ ADMIN_TOKEN_MIN_CHARS = 32
 MAX_BODY_BYTES_LIMIT = 1_048_576
 # Extra cluster seed nodes: a few per availability zone is plenty; the slot map names the rest.
 MAX_REDIS_SEEDS = 16
+# Replicas a call may wait for: more than any sensible replica count of one primary.
+MAX_REPLICA_ACKS = 8
 # \Z, not $: "$" also matches before a final newline, which no token may hold.
 WALLET_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,40}\Z")
 MINIGAME_OPTIONAL_TYPES = frozenset({5, 6, 7})
@@ -60,6 +62,11 @@ class RedisConfig:
     # More cluster nodes ("host:port") to ask for the slot map besides the url's node, so that
     # any one of them answering is enough; credentials and TLS are the url's. Cluster only.
     seeds: tuple[tuple[str, int], ...] = ()
+    # Replicas that must confirm each call before its answer goes out (WAIT after every batch);
+    # 0 answers as soon as the primary has applied it, and a failover may then lose the last
+    # moments of acknowledged movements (Redis replicates asynchronously).
+    replica_acks: int = 0
+    replica_ack_timeout_ms: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +188,7 @@ KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
     ),
     "redis": frozenset(
         {"url", "cluster", "max_in_flight", "connect_timeout_ms", "command_timeout_ms"}
-        | {"queue_wait_ms", "connections", "seeds"}
+        | {"queue_wait_ms", "connections", "seeds", "replica_acks", "replica_ack_timeout_ms"}
     ),
     "journal": frozenset(
         {"dir", "flush_interval_ms", "max_lag_ms", "enabled", "buckets", "batch_records"}
@@ -346,7 +353,16 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
             _endpoint(seed, "redis.seeds")
             for seed in _str_list(redis_raw, "seeds", "redis", allow_empty=True)
         ),
+        replica_acks=_int(redis_raw, "replica_acks", 0, 0, MAX_REPLICA_ACKS, "redis"),
+        replica_ack_timeout_ms=_int(redis_raw, "replica_ack_timeout_ms", 100, 1, 60_000, "redis"),
     )
+    # A WAIT holds every later command of its connection, so a call queued behind one starts
+    # up to replica_ack_timeout_ms late; that must stay well inside the call deadline's fence
+    # (half the command timeout), or slow replicas would turn into refused calls.
+    if redis.replica_ack_timeout_ms * 4 > redis.command_timeout_ms:
+        raise ConfigError(
+            "redis.replica_ack_timeout_ms may be at most a quarter of redis.command_timeout_ms"
+        )
     if redis.seeds and not redis.cluster:
         raise ConfigError("redis.seeds needs redis.cluster = true (a standalone Redis has one url)")
     if len(redis.seeds) > MAX_REDIS_SEEDS:

@@ -66,6 +66,8 @@ class ClusterRunner(BoundedRunner):
         connect_timeout_ms: int = 1000,
         command_timeout_ms: int = 2000,
         max_waiters: int | None = None,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 0,
     ) -> None:
         if not seeds:
             raise ValueError("a cluster runner needs at least one seed node")
@@ -73,6 +75,8 @@ class ClusterRunner(BoundedRunner):
         self._connect_timeout_s = connect_timeout_ms / 1000
         self._command_timeout_s = command_timeout_ms / 1000
         self._fence_us = script_fence_us(command_timeout_ms)
+        self._replica_acks = replica_acks
+        self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._limiter = InFlightLimiter(
             max_in_flight,
             queue_wait_ms / 1000,
@@ -98,6 +102,8 @@ class ClusterRunner(BoundedRunner):
             queue_wait_ms=config.queue_wait_ms,
             connect_timeout_ms=config.connect_timeout_ms,
             command_timeout_ms=config.command_timeout_ms,
+            replica_acks=config.replica_acks,
+            replica_ack_timeout_ms=config.replica_ack_timeout_ms,
         )
 
     # -- script calls (run() is BoundedRunner's) ---------------------------------------------
@@ -196,6 +202,8 @@ class ClusterRunner(BoundedRunner):
                 connect_timeout_s=self._connect_timeout_s,
                 command_timeout_s=self._command_timeout_s,
                 select_db=False,
+                replica_acks=self._replica_acks,
+                replica_ack_timeout_ms=self._replica_ack_timeout_ms,
             )
             self.nodes[endpoint] = connection
         return connection

@@ -24,5 +24,12 @@ class OutcomeUnknown(LedgerUnavailable):
     outcome, since the call is idempotent."""
 
 
+class NotReplicated(OutcomeUnknown):
+    """A call ran on the primary, but fewer replicas than ``[redis] replica_acks`` confirmed it
+    within ``replica_ack_timeout_ms``: a failover now could lose it. Protocols answer "busy";
+    the client's retry with the same key replays the outcome (and waits for the replicas
+    again), so a movement is never acknowledged before enough replicas hold it."""
+
+
 class LedgerScriptError(Exception):
     """A script raised an error: a bug or a broken invariant, never a business outcome."""

@@ -38,6 +38,7 @@ from walletgate.ledger.errors import (
     ConnectionDropped,
     LedgerScriptError,
     LedgerUnavailable,
+    NotReplicated,
     OutcomeUnknown,
 )
 from walletgate.ledger.runner import ScriptArg
@@ -380,6 +381,11 @@ class _Wire(asyncio.Protocol):
             self.loop.call_soon(self._flush)
         return future
 
+    def send_unacked(self, packed: bytes) -> asyncio.Future[Any]:
+        """:meth:`send` for a command that writes nothing the ledger needs replicated (the
+        handshake, CLUSTER SLOTS): a wire that waits for replicas answers it without waiting."""
+        return self.send(packed)
+
     def _flush(self) -> None:
         # A flush forced by a full batch may run before the scheduled one; that one then finds
         # an empty or fresh batch, which is harmless.
@@ -455,6 +461,129 @@ class _Wire(asyncio.Protocol):
             pass
 
 
+class _AckedWire(_Wire):
+    """A wire that answers no command before enough replicas hold it (``[redis] replica_acks``).
+
+    Every written batch ends with ``WAIT <replica_acks> <timeout>``, and the replies of the
+    batch's commands are held until the WAIT's reply comes: when it counts enough replicas they
+    are passed on, otherwise each successful reply becomes :class:`NotReplicated`. One WAIT per
+    batch covers every command of the batch, because WAIT waits for the connection's last write.
+    Error replies pass unchanged: a command that failed wrote nothing that could be lost.
+
+    Replies are held only while a WAIT is outstanding, so the handshake (sent before
+    :meth:`require_acks`) is answered as on a plain wire, and so are commands sent with
+    :meth:`send_unacked`, which add no WAIT to their batch either: the ledger writes only
+    through scripts, and a read must not fail because replicas lag.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        command_timeout_s: float,
+        replica_acks: int,
+        ack_timeout_ms: int,
+    ) -> None:
+        assert replica_acks >= 1 and ack_timeout_ms >= 1
+        super().__init__(loop, command_timeout_s)
+        self._replica_acks = replica_acks
+        self._ack_timeout_ms = ack_timeout_ms
+        self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
+        self._acks_required = False
+        # Whether the current batch holds a command that needs the replicas' WAIT.
+        self._batch_needs_wait = False
+        # Futures of the WAITs written, oldest first; the (future, reply) pairs of the commands
+        # answered since the last WAIT's reply; and the futures answered without waiting.
+        self._waits: deque[asyncio.Future[Any]] = deque()
+        self._held: list[tuple[asyncio.Future[Any], Any]] = []
+        self._unacked: set[asyncio.Future[Any]] = set()
+
+    def require_acks(self) -> None:
+        """From now on, every batch with a :meth:`send` waits for the replicas."""
+        self._acks_required = True
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        self._batch_needs_wait = self._acks_required
+        return super().send(packed)
+
+    def send_unacked(self, packed: bytes) -> asyncio.Future[Any]:
+        future = super().send(packed)
+        if not future.done():
+            self._unacked.add(future)
+        return future
+
+    def _flush(self) -> None:
+        if self._batch_needs_wait and self._out and not self.broken:
+            wait: asyncio.Future[Any] = self.loop.create_future()
+            self._pending.append(wait)
+            self._out.append(self._wait_packed)
+            self._waits.append(wait)
+        self._batch_needs_wait = False
+        super()._flush()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        pending = self._pending
+        waits = self._waits
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                future = pending.popleft()
+                if waits and future is waits[0]:
+                    waits.popleft()
+                    self._release(reply)
+                elif waits and future not in self._unacked:
+                    self._held.append((future, reply))
+                else:
+                    self._unacked.discard(future)
+                    if not future.done():
+                        future.set_result(reply)
+                reply = reader.gets()
+        except hiredis.ProtocolError as error:
+            self.fail(f"Redis protocol error: {error}")
+            return
+        except IndexError:
+            self.fail("Redis sent a reply nobody asked for")
+            return
+        if reader.len() > MAX_REPLY_BUFFER_BYTES:
+            self.fail(f"Redis reply larger than {MAX_REPLY_BUFFER_BYTES} bytes")
+
+    def _release(self, wait_reply: Any) -> None:
+        held = self._held
+        self._held = []
+        if isinstance(wait_reply, int) and wait_reply >= self._replica_acks:
+            for future, reply in held:
+                if not future.done():
+                    future.set_result(reply)
+            return
+        reason = (
+            f"applied on the primary, but {wait_reply} of {self._replica_acks} replicas "
+            f"confirmed it within {self._ack_timeout_ms} ms"
+        )
+        for future, reply in held:
+            if future.done():
+                continue
+            if isinstance(reply, ReplyError):
+                future.set_result(reply)
+            else:
+                future.set_exception(NotReplicated(reason))
+
+    def fail(self, reason: str, *, dropped: bool = False) -> None:
+        if self.broken:
+            return
+        held = self._held
+        self._held = []
+        self._waits.clear()
+        self._unacked.clear()
+        # Their commands ran; only whether the replicas have them is unknown. After a drop the
+        # runner sends them again (a replay that waits for the replicas anew).
+        failure = ConnectionDropped if dropped else OutcomeUnknown
+        for future, _ in held:
+            if not future.done():
+                future.set_exception(failure(f"{reason} (while waiting for replicas)"))
+        super().fail(reason, dropped=dropped)
+
+
 class FastConnection:
     """A :class:`_Wire` that is opened lazily and reopened after a drop, with bounded backoff.
 
@@ -469,11 +598,15 @@ class FastConnection:
         connect_timeout_s: float,
         command_timeout_s: float,
         select_db: bool = True,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 0,
     ) -> None:
         self.address = address
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
         self._select_db = select_db
+        self._replica_acks = replica_acks
+        self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self.wire: _Wire | None = None
         self._connecting: asyncio.Task[_Wire] | None = None
         self._retry_at = 0.0
@@ -500,7 +633,12 @@ class FastConnection:
         return await join_shared(task)
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Wire:
-        wire = _Wire(loop, self._command_timeout_s)
+        acked: _AckedWire | None = None
+        if self._replica_acks > 0:
+            acked = _AckedWire(
+                loop, self._command_timeout_s, self._replica_acks, self._replica_ack_timeout_ms
+            )
+        wire = acked or _Wire(loop, self._command_timeout_s)
         address = self.address
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -531,6 +669,8 @@ class FastConnection:
             raise LedgerUnavailable("the Redis client is closed")
         self._backoff_s = 0.0
         self._retry_at = 0.0
+        if acked is not None:
+            acked.require_acks()
         self.wire = wire
         return wire
 
@@ -558,9 +698,12 @@ class FastConnection:
             raise LedgerUnavailable(f"Redis refused the connection: {reply}")
 
     async def command(self, *args: ScriptArg) -> Any:
-        """Send one command and return its raw reply (error replies are returned, not raised)."""
+        """Send one command and return its raw reply (error replies are returned, not raised).
+
+        It is not waited for by replicas (``replica_acks``): the ledger writes through scripts.
+        """
         wire = await self.ready_wire()
-        return await wire.send(pack_command(args))
+        return await wire.send_unacked(pack_command(args))
 
     async def close(self) -> None:
         self._closed = True
@@ -647,6 +790,8 @@ class FastRedisRunner(BoundedRunner):
         command_timeout_ms: int = 2000,
         connections: int = 1,
         max_waiters: int | None = None,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 0,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be at least 1")
@@ -661,6 +806,8 @@ class FastRedisRunner(BoundedRunner):
                 address,
                 connect_timeout_s=connect_timeout_ms / 1000,
                 command_timeout_s=command_timeout_ms / 1000,
+                replica_acks=replica_acks,
+                replica_ack_timeout_ms=replica_ack_timeout_ms,
             )
             for _ in range(connections)
         ]
@@ -680,6 +827,8 @@ class FastRedisRunner(BoundedRunner):
             connect_timeout_ms=config.connect_timeout_ms,
             command_timeout_ms=config.command_timeout_ms,
             connections=config.connections,
+            replica_acks=config.replica_acks,
+            replica_ack_timeout_ms=config.replica_ack_timeout_ms,
         )
 
     def _connection(self) -> FastConnection:

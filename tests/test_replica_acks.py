@@ -1,0 +1,240 @@
+"""``[redis] replica_acks``: no answer before enough replicas hold the call, against a real
+primary and a real replica (a second redis-server with ``--replicaof``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from conftest import RedisServer, free_port
+from gateway_helpers import config_dict
+from test_fastredis import ECHO, FAILING, SETTINGS, make_script, run, runner_for
+from walletgate.config import ConfigError, parse_config
+from walletgate.ledger import keys
+from walletgate.ledger.admin import adjust
+from walletgate.ledger.core import Ledger
+from walletgate.ledger.errors import LedgerScriptError, NotReplicated
+from walletgate.ledger.minigame import change_balance
+
+# Long enough that a replica on a busy 2-core machine always confirms in time, so only the
+# frozen replica of a test is ever missing.
+ACK_TIMEOUT_MS = 500
+REPLICATION_UP_TIMEOUT_S = 10.0
+INCR = make_script("incr", "return redis.call('INCR', KEYS[1])")
+
+
+def wait_until_replicating(primary: redis.Redis, replica: redis.Redis) -> None:
+    deadline = time.monotonic() + REPLICATION_UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        link_up = replica.info("replication").get("master_link_status") == "up"
+        listed = primary.info("replication").get("slave0")
+        # Online: synced and acknowledging offsets (WAIT counts only such replicas).
+        if link_up and isinstance(listed, dict) and listed.get("state") == "online":
+            primary.set("replication-probe", "1")
+            if int(primary.execute_command("WAIT", 1, 1000)) == 1:
+                return
+        time.sleep(0.05)
+    raise TimeoutError("the replica did not connect to the primary")
+
+
+class Pair:
+    def __init__(self, primary: RedisServer, replica: RedisServer) -> None:
+        self.primary = primary
+        self.replica = replica
+        self.primary_client = redis.Redis.from_url(primary.url)
+        self.replica_client = redis.Redis.from_url(replica.url)
+
+    def freeze_replica(self) -> None:
+        assert self.replica.process is not None
+        os.kill(self.replica.process.pid, signal.SIGSTOP)
+
+    def thaw_replica(self) -> None:
+        assert self.replica.process is not None
+        os.kill(self.replica.process.pid, signal.SIGCONT)
+
+    def wait_calls(self) -> int:
+        stats = self.primary_client.info("commandstats").get("cmdstat_wait")
+        return int(stats["calls"]) if stats else 0
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    primary = RedisServer(port=free_port(), directory=tmp_path / "primary")
+    # No diskless-sync delay: the replica's first sync would otherwise wait 5 s.
+    primary.start("--repl-diskless-sync-delay", "0")
+    replica = RedisServer(port=free_port(), directory=tmp_path / "replica")
+    replica.start("--replicaof", "127.0.0.1", str(primary.port))
+    both = Pair(primary, replica)
+    try:
+        wait_until_replicating(both.primary_client, both.replica_client)
+        yield both
+    finally:
+        both.thaw_replica()
+        both.primary_client.close()
+        both.replica_client.close()
+        replica.stop()
+        primary.stop()
+
+
+def test_calls_are_answered_once_the_replica_holds_them_with_one_wait_per_batch(
+    pair: Pair,
+) -> None:
+    async def scenario() -> None:
+        runner = runner_for(pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS)
+        assert await runner.run(INCR, ["n"], []) == 1
+        # Answered only after the replica confirmed it: the replica has it already.
+        assert pair.replica_client.get("n") == b"1"
+        waits_before = pair.wait_calls()
+        replies = await asyncio.gather(
+            *(runner.run(ECHO, [f"k{i}"], [f"v{i}", i]) for i in range(400))
+        )
+        assert replies == [[f"k{i}".encode(), f"v{i}".encode(), i] for i in range(400)]
+        waits = pair.wait_calls() - waits_before
+        # Every batch waited, and a batch of several calls waited once.
+        assert 1 <= waits < 400
+        assert runner.in_flight == 0
+        await runner.close()
+
+    run(scenario)
+
+
+def test_a_bet_the_replica_does_not_confirm_is_not_acknowledged_and_its_retry_replays(
+    pair: Pair,
+) -> None:
+    """A frozen replica: the bet is applied on the primary but answered "not replicated"
+    (busy) after the ack timeout; once the replica is back, the caller's retry with the same
+    order_id replays the outcome and is acknowledged, and nothing was applied twice."""
+
+    async def bet(ledger: Ledger) -> tuple[str, int]:
+        result = await change_balance(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            protocol="api",
+            order_id="o1",
+            type_=1,
+            money_units=-250_000,
+            bet_units=250_000,
+            session_id="s1",
+            end_round=False,
+            cancel_order_id="",
+            award_order_ids=(),
+            refs={},
+        )
+        return result.status, result.balance_units
+
+    def primary_balance_units() -> int:
+        return int(pair.primary_client.hget(keys.account_key("t1", "p1"), "bal:usd") or 0)
+
+    async def scenario() -> None:
+        ledger = Ledger(
+            runner_for(pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS),
+            SETTINGS,
+        )
+        funded = await adjust(
+            ledger,
+            tenant="t1",
+            player="p1",
+            currency="usd",
+            amount_units=1_000_000,
+            ref="fund",
+            kind="adjust",
+        )
+        assert funded.outcome == "applied"
+        pair.freeze_replica()
+        started = time.monotonic()
+        with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+            await bet(ledger)
+        assert time.monotonic() - started >= ACK_TIMEOUT_MS / 1000 * 0.9
+        # Applied on the primary all the same: the retry must replay it, not apply it again.
+        assert primary_balance_units() == 750_000
+        pair.thaw_replica()
+        assert await bet(ledger) == ("replay", 750_000)
+        assert primary_balance_units() == 750_000
+        assert int(pair.replica_client.hget(keys.account_key("t1", "p1"), "bal:usd")) == 750_000
+        await ledger.runner.close()
+
+    run(scenario)
+
+
+def test_without_replica_acks_a_frozen_replica_delays_nothing(pair: Pair) -> None:
+    async def scenario() -> None:
+        runner = runner_for(pair.primary.url)
+        waits_before = pair.wait_calls()
+        pair.freeze_replica()
+        started = time.monotonic()
+        assert await runner.run(INCR, ["n"], []) == 1
+        assert time.monotonic() - started < ACK_TIMEOUT_MS / 1000
+        assert pair.wait_calls() == waits_before
+        await runner.close()
+
+    run(scenario)
+
+
+def test_error_replies_pass_unchanged_when_the_replica_does_not_confirm(pair: Pair) -> None:
+    """A script that failed wrote nothing that a failover could lose: its error is the answer,
+    not "not replicated"."""
+
+    async def scenario() -> None:
+        runner = runner_for(pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS)
+        assert await runner.run(INCR, ["n"], []) == 1  # connected, acks on
+        pair.freeze_replica()
+        failed, written = await asyncio.gather(
+            runner.run(FAILING, ["x"], []),
+            runner.run(INCR, ["n"], []),
+            return_exceptions=True,
+        )
+        assert isinstance(failed, LedgerScriptError)
+        assert isinstance(written, NotReplicated)
+        await runner.close()
+
+    run(scenario)
+
+
+def test_a_connection_killed_while_waiting_for_the_replica_resends_the_call(pair: Pair) -> None:
+    """The commands of a batch ran, and the connection broke before the WAIT answered: the
+    call is sent again on a new connection (a replay for an idempotent script), which waits
+    for the replica anew."""
+    put = make_script(
+        "put_once", "redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])"
+    )
+
+    async def scenario() -> None:
+        runner = runner_for(pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS)
+        assert await runner.run(put, ["warm"], ["1"]) == b"1"
+        pair.freeze_replica()
+        call = asyncio.ensure_future(runner.run(put, ["k"], ["first"]))
+        await asyncio.sleep(ACK_TIMEOUT_MS / 1000 / 3)
+        killed = pair.primary_client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        pair.thaw_replica()
+        assert await call == b"first"
+        assert pair.replica_client.get("k") == b"first"
+        await runner.close()
+
+    run(scenario)
+
+
+def test_replica_ack_settings_are_bounded(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path / "journal")
+    assert parse_config(raw).redis.replica_acks == 0
+    config = parse_config({**raw, "redis": {"replica_acks": 2, "replica_ack_timeout_ms": 50}})
+    assert (config.redis.replica_acks, config.redis.replica_ack_timeout_ms) == (2, 50)
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"replica_acks": 9}, "replica_acks"),
+        ({"replica_acks": -1}, "replica_acks"),
+        ({"replica_ack_timeout_ms": 0}, "replica_ack_timeout_ms"),
+        ({"replica_ack_timeout_ms": 600, "command_timeout_ms": 2000}, "a quarter"),
+    ]
+    for redis_raw, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**raw, "redis": redis_raw})
