@@ -159,6 +159,11 @@ BAD_AUTHORIZATIONS = [
 ]
 
 
+UNAUTHORIZED_BODY = compact(
+    {"error": "unauthorized", "detail": "send Authorization: Bearer <[admin] token>"}
+)
+
+
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
 def test_every_route_answers_401_without_the_token_and_changes_nothing(
     gw: AsgiGateway, store: redis.Redis, method: str, path: str, body: Any
@@ -170,7 +175,9 @@ def test_every_route_answers_401_without_the_token_and_changes_nothing(
         content = None if body is None else compact(body)
         answer = gw.request(method, path, content=content, headers=headers)
         assert answer.status_code == 401, (authorization, answer.text)
-        assert answer.content == b"", answer.text  # nothing about the tenant or the account
+        # The same answer whatever the path: nothing about the tenant or the account.
+        assert answer.content == UNAUTHORIZED_BODY, answer.text
+        assert answer.headers["www-authenticate"] == 'Bearer realm="walletgate-admin"'
         assert ADMIN_TOKEN not in str(answer.headers)
     after = redis_state(store)
     assert before == after, state_difference(before, after)
@@ -188,7 +195,7 @@ def test_other_paths_and_methods_get_401_then_the_json_error_body(gw: AsgiGatewa
     account = f"/accounts/{MINIGAME_APP_ID}/{PLAYER}/usdt"
     for method, path in (("GET", "/nope"), ("GET", "/sessions"), ("DELETE", account)):
         refused = gw.admin(method, path, token="wrong-token-0123456789abcdef0123456")
-        assert (refused.status_code, refused.content) == (401, b""), (method, path)
+        assert (refused.status_code, refused.content) == (401, UNAUTHORIZED_BODY), (method, path)
     missing = gw.admin("GET", "/nope")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     for method, path, allowed in (("GET", "/sessions", "POST"), ("DELETE", account, "GET, HEAD")):
@@ -291,6 +298,9 @@ def test_adjust_ref_used_for_another_player_is_409_ref_conflict(
         assert status == 409 and error("ref_conflict")(payload), (player, currency, payload)
     after = redis_state(store)
     assert before == after, state_difference(before, after)
+    # Counted as every family's key reuse is.
+    scraped = gw.get("/metrics").text
+    assert 'walletgate_idempotency_conflicts_total{family="admin"} 2' in scraped, scraped
     assert account(gw, MINIGAME_APP_ID, "pl-b", "usdt")[0] == 404
     assert adjust(gw, MINIGAME_APP_ID, "pl-a", "usdt", credit)[1] == {
         "balance": "10",

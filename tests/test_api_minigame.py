@@ -726,7 +726,12 @@ def test_get_balance_and_verify_type_errors(config: Config) -> None:
             assert await api.post(BALANCE, {**plain, **wrong}) == err(
                 10023, "parameter type mismatch"
             )
-        assert await api.post(BALANCE, {**plain, "game_id": 7.5}) == err(10009, "illegal parameter")
+        # The spec's integer grammar (0|[1-9][0-9]*, within int64), as for timestamp.
+        for bad_game_id in (7.5, -5, 2**63, 10**30):
+            # json, not orjson: the body must carry integers beyond 64 bits.
+            body = json.dumps({**plain, "game_id": bad_game_id})
+            assert await api.post(BALANCE, body) == err(10009, "illegal parameter"), bad_game_id
+        assert (await api.post(BALANCE, {**plain, "game_id": 2**63 - 1}))["code"] == 1
         verify = {"app_id": "10013", "timestamp": 1, "operator_player_session": 7}
         assert await api.post(VERIFY, verify) == err(10023, "parameter type mismatch")
         assert await api.post(VERIFY, {"app_id": "10013", "timestamp": 1}) == err(

@@ -449,7 +449,10 @@ def midas_envelope(answer: Answer) -> bool:
 
 def admin_envelope(answer: Answer) -> bool:
     if answer.status == 401:
-        assert answer.body == b"", answer
+        assert answer.payload == {
+            "error": "unauthorized",
+            "detail": "send Authorization: Bearer <[admin] token>",
+        }, answer
         return False
     if answer.status == 405:
         return False
@@ -487,8 +490,9 @@ class DocumentedAnswers:
             operation = self.document["paths"][template].get(case.method.lower(), {})
             documented = operation.get("responses", {}).get(str(answer.status), {})
             schema = documented.get("content", {}).get("application/json", {}).get("schema")
-            if not operation and answer.status == 405 and template.startswith("/admin/"):
-                # A method the path has no operation for: the admin API answers its error body.
+            if not operation and answer.status in (401, 405) and template.startswith("/admin/"):
+                # A method the path has no operation for: the admin API answers its error body
+                # (401 first without the token, as on every admin path).
                 schema = {"$ref": "#/components/schemas/AdminError"}
             assert schema is not None, f"{key} answered JSON the document does not describe"
             root = {**schema, "components": self.document["components"]}

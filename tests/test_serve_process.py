@@ -313,13 +313,17 @@ def test_served_process_smoke_metrics_secrets_and_sigterm(server: Server) -> Non
         sandbox = midas_call(server, client, MIDAS_PATHS[4])
         assert sandbox["errcode"] == 0 and sandbox["balance"] == 0, sandbox
 
-        # Admin with a wrong token: 401 and nothing more.
+        # Admin with a wrong token: 401 and the same error body for every path.
         for authorization in ("Bearer wrong-token-0123456789abcdef0123", None):
             headers = {} if authorization is None else {"authorization": authorization}
             refused = client.get(
                 f"/admin/v1/accounts/{MINIGAME_APP_ID}/{PLAYER}/usdt", headers=headers
             )
-            assert refused.status_code == 401 and refused.content == b"", refused.text
+            assert refused.status_code == 401, refused.text
+            assert refused.json() == {
+                "error": "unauthorized",
+                "detail": "send Authorization: Bearer <[admin] token>",
+            }
 
         # Ready: Redis answers, the scripts run, the journal writer is alive.
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -371,9 +375,11 @@ def test_served_process_smoke_metrics_secrets_and_sigterm(server: Server) -> Non
     snapshots = worker_snapshot_files(server.temporary)
     assert len(snapshots) >= WORKERS, snapshots  # both workers publish their counters
 
-    # SIGTERM stops the server and its workers within the bounded wait.
+    # SIGTERM stops the server and its workers within the bounded wait, and leaves no
+    # temporary directory behind (one per run once piled up in /tmp).
     status = server.stop()
     assert status in (0, -signal.SIGTERM), status
+    assert list(server.temporary.iterdir()) == []
 
     output = server.output()
     leaked = sorted(secret for secret in server.secrets if secret.encode() in output)

@@ -81,6 +81,14 @@ def error(status_code: int, code: str, detail: str) -> Response:
     return json_response({"error": code, "detail": detail}, status_code)
 
 
+def unauthorized() -> Response:
+    """The 401 of every admin call without the right token: the spec's error body, the same
+    for every path (it says nothing of the tenant or account), and the scheme to use."""
+    response = error(401, "unauthorized", "send Authorization: Bearer <[admin] token>")
+    response.headers["www-authenticate"] = 'Bearer realm="walletgate-admin"'
+    return response
+
+
 def admin_routes(
     ctx: GatewayContext,
     admin_client: Any,
@@ -129,7 +137,7 @@ def admin_routes(
 
     async def post_adjust(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
-            return Response(status_code=401)
+            return unauthorized()
         resolved = resolve(request)
         if isinstance(resolved, Response):
             return resolved
@@ -177,6 +185,7 @@ def admin_routes(
             ctx.metrics.inc("redis_errors_total")
             return error(503, "unavailable", "redis unavailable, nothing applied")
         if result.outcome == "conflict":
+            ctx.metrics.inc("idempotency_conflicts_total", (("family", "admin"),))
             return error(409, "ref_conflict", "ref was used for another adjustment")
         if result.outcome == "overflow":
             return error(400, "invalid_amount", "the balance would leave the int64 range")
@@ -193,7 +202,7 @@ def admin_routes(
 
     async def get_account(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
-            return Response(status_code=401)
+            return unauthorized()
         resolved = resolve(request, read=True)
         if isinstance(resolved, Response):
             return resolved
@@ -228,7 +237,7 @@ def admin_routes(
 
     async def post_session(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
-            return Response(status_code=401)
+            return unauthorized()
         body = await read_json(request)
         if isinstance(body, Response):
             return body
@@ -277,7 +286,7 @@ def admin_routes(
 
     async def get_transaction(request: Request, refs: dict[str, object]) -> Response:
         if not authorized(request):
-            return Response(status_code=401)
+            return unauthorized()
         tenant = request.path_params["tenant"]
         key = request.path_params["key"]
         info = tenants.get(tenant)
@@ -364,7 +373,7 @@ def admin_routes(
         """Any other path or method under the prefix: 401 without the token, as every admin
         call; otherwise the spec's error body, 405 when the path is an admin route's."""
         if not authorized(request):
-            return Response(status_code=401)
+            return unauthorized()
         allowed = sorted(
             method
             for route in routes

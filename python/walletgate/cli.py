@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -192,6 +193,8 @@ def serve(
     finally:
         if sidecar is not None:
             sidecar.stop()
+        # The workers are gone (Granian waited for them): their snapshots served this run only.
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

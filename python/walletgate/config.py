@@ -22,6 +22,7 @@ IDEMPOTENCY_TTL_MIN_S = 604_800
 MAX_TTL_S = 10 * 365 * 86400
 MIDAS_TTL_MIN_S = 172_800
 ADMIN_TOKEN_MIN_CHARS = 32
+ADMIN_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
 MAX_BODY_BYTES_LIMIT = 1_048_576
 # Extra cluster seed nodes: a few per availability zone is plenty; the slot map names the rest.
 MAX_REDIS_SEEDS = 16
@@ -412,6 +413,12 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
     token = admin_raw.get("token", "")
     if not isinstance(token, str) or len(token) < ADMIN_TOKEN_MIN_CHARS:
         raise ConfigError(f"admin.token must be at least {ADMIN_TOKEN_MIN_CHARS} characters")
+    if not ADMIN_TOKEN_PATTERN.fullmatch(token):
+        # HTTP header values reach Starlette as latin-1 while the token is compared as UTF-8:
+        # any other character would make a token that no client can present.
+        raise ConfigError(
+            "admin.token must be printable ASCII without spaces (as an HTTP header carries it)"
+        )
     transfer_raw = _table(raw, "transfer")
     transfer = TransferConfig(
         token_ttl_s=_int(transfer_raw, "token_ttl_s", 604_800, 60, 10 * 365 * 86400, "transfer"),

@@ -92,24 +92,56 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _start_redis(directory: Path) -> subprocess.Popen[bytes] | None:
-    if _port_open(DEMO_REDIS_PORT):
-        print(f"using the redis-server already on 127.0.0.1:{DEMO_REDIS_PORT}")
+def _data_dir_of_redis_on(port: int) -> str | None:
+    """The data directory of the Redis listening on ``port`` (None: not a Redis that says)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # One try, bounded: a server that accepts and never answers is not a Redis to use.
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        answer = client.config_get("dir")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    found = answer.get("dir")
+    return found if isinstance(found, str) else None
+
+
+def _start_redis(directory: Path, port: int = DEMO_REDIS_PORT) -> subprocess.Popen[bytes] | None:
+    data = (directory / "redis").resolve()
+    if _port_open(port):
+        # Only this demo's own Redis (an earlier run of the same --dir) is reused: another
+        # demo's would mix two ledgers, and its journal writers would split one journal.
+        found = _data_dir_of_redis_on(port)
+        if found is None or Path(found).resolve() != data:
+            raise SystemExit(
+                f"walletgate demo: 127.0.0.1:{port} is taken by another server, not this demo's "
+                f"Redis (whose data is in {data}); stop it, or pass --redis-url"
+            )
+        print(f"using this demo's redis-server, already running on 127.0.0.1:{port}")
         return None
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is missing: apt-get install -y redis-server")
-    data = directory / "redis"
     data.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [
             binary,
             "--port",
-            str(DEMO_REDIS_PORT),
+            str(port),
             "--bind",
             "127.0.0.1",
             "--dir",
-            str(data.resolve()),
+            str(data),
             "--appendonly",
             "yes",
             "--appendfsync",
@@ -121,7 +153,7 @@ def _start_redis(directory: Path) -> subprocess.Popen[bytes] | None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-    while not _port_open(DEMO_REDIS_PORT):
+    while not _port_open(port):
         if time.monotonic() > deadline or process.poll() is not None:
             raise SystemExit("redis-server did not start")
         time.sleep(0.05)

@@ -735,7 +735,9 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
 
 def _admin_errors(*statuses: str) -> dict[str, Any]:
     answers: dict[str, Any] = {
-        "401": {"description": "Missing or wrong bearer token (empty body)."}
+        "401": _json_answer(
+            _ref("AdminError"), "Missing or wrong bearer token (error `unauthorized`)."
+        )
     }
     for status in statuses:
         answers[status] = _json_answer(_ref("AdminError"), "See the error code.")

@@ -226,11 +226,11 @@ def _int(data: Mapping[str, Any], name: str) -> int:
 
 
 def _optional_game_id(data: Mapping[str, Any]) -> None:
-    """get_balance's optional game_id, when present, must be an integer literal (its JSON type
-    was checked with the others)."""
-    game_id = data.get("game_id")
-    if game_id is not None:
-        _integer(game_id)
+    """get_balance's optional game_id, when present, follows the spec's integer grammar
+    (``0|[1-9][0-9]*``, within int64) as timestamp does (its JSON type was checked with the
+    others)."""
+    if data.get("game_id") is not None:
+        _int(data, "game_id")
 
 
 def _money(value: Any) -> int:
