@@ -13,6 +13,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from cluster import RedisCluster
 from walletgate.config import RedisConfig
+from walletgate.journal import writer as journal_writer
 from walletgate.journal.streams import connect as journal_connect
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
@@ -434,5 +435,28 @@ def test_replica_acks_reach_every_primary_connection(cluster: RedisCluster) -> N
                 await runner.run(SET_ONE, [key], ["v"])
             assert cluster.cli(port, "GET", key).strip() == "v"
         await runner.close()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_count_records_sums_streams_on_every_node(cluster: RedisCluster) -> None:
+    """What the journal figures use for shards whose writer stopped reporting: the records of
+    streams spread over all primaries, more than one call's worth of streams."""
+    streams = keys.all_journal_stream_keys(0, cluster=True)  # stream b lies in slot b
+    filled = streams[::400]
+    assert {cluster.owner_port(key_slot(stream.encode())) for stream in filled} == set(
+        cluster.ports
+    )
+
+    async def scenario() -> None:
+        tools = journal_connect(RedisConfig(url=cluster.url, cluster=True))
+        for index, stream in enumerate(filled):
+            for record in range(index % 3 + 1):
+                await tools.xadd(stream, {"r": str(record)})
+        expected = sum(index % 3 + 1 for index in range(len(filled)))
+        assert await journal_writer.count_records(tools, streams) == expected
+        assert await journal_writer.count_records(tools, []) == 0
+        await tools.aclose()
 
     run(scenario)

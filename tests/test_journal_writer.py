@@ -1074,6 +1074,13 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
     drained = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms - silence_ms, "flush_s": 0.001}
     for number in range(writer.shard_count_of(settings)):
         client.hset(writer.STATS_KEY, str(number), orjson.dumps(drained))
+    # Records that reached the streams after the owner's last figures: the pending gauge must
+    # count them (it once kept the stale "0").
+    shard_streams = writer.shard_stream_names(settings)
+    assert len(shard_streams) >= 2 and all(shard_streams)
+    for stream, records in ((shard_streams[0][0], 3), (shard_streams[-1][-1], 2)):
+        for index in range(records):
+            client.xadd(stream, {"r": str(index)})
     client.close()
 
     async def scenario() -> writer.JournalStatus:
@@ -1087,6 +1094,7 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
     status = run(scenario())
     assert status.alive
     assert status.oldest_pending_age_s >= silence_ms / 1000
+    assert status.pending_records == 5
 
     # Silent for more than a lease: the writer is down.
     client = redis.Redis.from_url(redis_url)
@@ -1097,6 +1105,7 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
     status = run(scenario())
     assert not status.alive
     assert status.oldest_pending_age_s >= (settings.lease_ms + 1000) / 1000
+    assert status.pending_records == 5
 
 
 def test_a_stop_that_times_out_still_gives_the_shards_back(

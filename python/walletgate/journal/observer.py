@@ -21,7 +21,7 @@ from walletgate.journal.writer import (
     JournalStatus,
     WriterSettings,
     read_journal_figures,
-    shard_count_of,
+    shard_stream_names,
 )
 
 logger = logging.getLogger("walletgate.journal")
@@ -67,7 +67,7 @@ class JournalObserver:
             last_error=None,
         )
         self._started_s = time.time()
-        self._shard_count = shard_count_of(settings)
+        self._shard_streams = shard_stream_names(settings)
 
     def status(self) -> JournalStatus:
         return self._status
@@ -95,7 +95,7 @@ class JournalObserver:
         uptime_ms = now_ms - int(self._started_s * 1000)
         stale_ms = self._settings.stale_after_ms
         figures = await read_journal_figures(
-            self._client, self._shard_count, lease_ms, uptime_ms, stale_ms
+            self._client, self._shard_streams, lease_ms, uptime_ms, stale_ms
         )
         freshest_ms = figures.freshest_update_ms
         restarts = read_sidecar_restarts(self._sidecar_state_path)

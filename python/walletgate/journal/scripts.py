@@ -32,6 +32,8 @@ PUBLISH_STATS_LUA = read_script("publish_stats")
 # Reading the pending-journal streams (see walletgate.journal.streams.StreamReader).
 READ_STREAMS_LUA = read_script("read_streams")
 STREAM_LENGTHS_LUA = read_script("stream_lengths")
+# Counting the records of streams whose owner stopped reporting (see read_journal_figures).
+COUNT_RECORDS_LUA = read_script("count_records")
 
 # Finishing a batch on disk: map its transaction keys, then delete its stream entries.
 MAP_KEYS_LUA = read_script("map_keys")

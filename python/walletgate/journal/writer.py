@@ -88,6 +88,7 @@ from walletgate.journal.records import (
 )
 from walletgate.journal.scripts import (
     ACQUIRE_LEASE_LUA,
+    COUNT_RECORDS_LUA,
     DELETE_ENTRIES_LUA,
     MAP_KEYS_LUA,
     PUBLISH_STATS_LUA,
@@ -106,6 +107,7 @@ from walletgate.journal.segments import (
     write_batch,
 )
 from walletgate.journal.streams import (
+    MAX_STREAMS_PER_READ,
     RedisClient,
     StreamReader,
     connect,
@@ -344,6 +346,9 @@ class JournalWriter:
         self._shard_streams: list[list[tuple[int, str]]] = [[] for _ in range(self.shard_count)]
         for bucket, stream in enumerate(streams):
             self._shard_streams[bucket % self.shard_count].append((bucket, stream))
+        self._shard_stream_names = [
+            [stream for _, stream in shard_streams] for shard_streams in self._shard_streams
+        ]
         self._stream_of_bucket = dict(enumerate(streams))
         self._bucket_of_stream = {stream: bucket for bucket, stream in enumerate(streams)}
         self._reader = StreamReader(client)
@@ -1011,7 +1016,11 @@ class JournalWriter:
         uptime_ms = int((time.monotonic() - self._started_monotonic) * 1000)
         settings = self._settings
         figures = await read_journal_figures(
-            self._client, self.shard_count, settings.lease_ms, uptime_ms, settings.stale_after_ms
+            self._client,
+            self._shard_stream_names,
+            settings.lease_ms,
+            uptime_ms,
+            settings.stale_after_ms,
         )
         self._pending_records = figures.pending_records
         self._oldest_pending_age_s = figures.oldest_pending_age_ms / 1000
@@ -1037,15 +1046,46 @@ def shard_count_of(settings: WriterSettings) -> int:
     return min(settings.shards, streams)
 
 
+def shard_stream_names(settings: WriterSettings) -> list[list[str]]:
+    """The pending-journal streams of each shard (bucket b belongs to shard b mod shards)."""
+    count = shard_count_of(settings)
+    names: list[list[str]] = [[] for _ in range(count)]
+    for bucket, stream in enumerate(
+        keys.all_journal_stream_keys(settings.buckets, settings.cluster)
+    ):
+        names[bucket % count].append(stream)
+    return names
+
+
+async def count_records(client: RedisClient, streams: Sequence[str]) -> int:
+    """How many records ``streams`` hold now, read from Redis (one call per node and per
+    :data:`MAX_STREAMS_PER_READ` streams, one after the other). Streams of a slot that is
+    migrating are not counted."""
+    replies = await run_per_node(
+        client,
+        COUNT_RECORDS_LUA,
+        [(stream,) for stream in streams],
+        ordered=True,
+        max_weight_per_call=MAX_STREAMS_PER_READ,
+    )
+    return sum(int(reply[0]) for _, reply in replies)
+
+
 async def read_journal_figures(
-    client: RedisClient, shard_count: int, lease_ms: int, uptime_ms: int, stale_ms: int
+    client: RedisClient,
+    shard_streams: Sequence[Sequence[str]],
+    lease_ms: int,
+    uptime_ms: int,
+    stale_ms: int,
 ) -> JournalFigures:
     """Sum up every shard's published stats (writers and workers alike report these).
 
-    ``uptime_ms`` is how long the caller has been watching: a shard nobody has reported (its
-    figures expired, or no writer took it) counts as waiting that long once it exceeds two
-    leases, the time a live writer needs to take a shard. A shard whose figures are older than
+    ``shard_streams`` names each shard's streams (:func:`shard_stream_names`). ``uptime_ms``
+    is how long the caller has been watching: a shard nobody has reported (its figures
+    expired, or no writer took it) counts as waiting that long once it exceeds two leases, the
+    time a live writer needs to take a shard. A shard whose figures are older than
     ``stale_ms`` has an owner that is dead or stuck: its records may have waited since then.
+    The records of both kinds are counted in Redis, not taken from figures that no longer say.
     """
     raw, cross_player = await run_pipeline(
         client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
@@ -1061,13 +1101,15 @@ async def read_journal_figures(
     freshest_ms = 0
     flushed_ms = 0
     last_flush_s = 0.0
-    for number in range(shard_count):
+    # Shards whose figures say nothing of now: their records are counted in Redis.
+    unreported: list[int] = []
+    for number in range(len(shard_streams)):
         stats = published.get(number)
         if stats is None:
             if uptime_ms > 2 * lease_ms:
                 oldest_age_ms = max(oldest_age_ms, uptime_ms)
+                unreported.append(number)
             continue
-        pending += stats.pending
         freshest_ms = max(freshest_ms, stats.updated_ms)
         if stats.flush_s > 0 and stats.updated_ms > flushed_ms:
             # Of the shards that have flushed, the one heard from last gives the journal's last
@@ -1081,7 +1123,14 @@ async def read_journal_figures(
             # Waiting a lease for another writer to take the shard would hide that for longer
             # than max_lag_ms.
             age_ms = max(age_ms, silence_ms)
+            unreported.append(number)
+        else:
+            pending += stats.pending
         oldest_age_ms = max(oldest_age_ms, age_ms)
+    if unreported:
+        pending += await count_records(
+            client, [stream for number in unreported for stream in shard_streams[number]]
+        )
     return JournalFigures(
         pending_records=pending,
         oldest_pending_age_ms=max(0, oldest_age_ms),

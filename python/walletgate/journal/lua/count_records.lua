@@ -1,0 +1,19 @@
+#!lua flags=allow-cross-slot-keys,no-writes
+-- count_records: how many records many pending-journal streams hold in all, in one call.
+--
+-- KEYS: none; the streams are named in ARGV and may lie in several slots of this node.
+-- ARGV[1] JSON list of [stream name], all served by this node.
+-- Returns: {records, streams not served here}. A stream whose slot is migrating away or has
+-- moved is refused by Redis; pcall skips it (counted apart) instead of failing the whole count.
+
+local records = 0
+local not_served = 0
+for _, item in ipairs(cjson.decode(ARGV[1])) do
+  local length = redis.pcall('XLEN', item[1])
+  if type(length) == 'table' then
+    not_served = not_served + 1
+  else
+    records = records + length
+  end
+end
+return {records, not_served}
