@@ -511,14 +511,18 @@ def test_adjust_midas_answers_paid_plus_gifted_as_get_account_does(gw: AsgiGatew
     assert (outcome["delta"], outcome["balance_after"]) == ("0", "165"), outcome
 
 
-def test_get_account_midas_balance_past_int64_is_exact(gw: AsgiGateway) -> None:
-    """Paid and gifted parts each fit int64, their sum need not: the account still reads."""
+def test_get_account_midas_balance_past_int64_is_exact(gw: AsgiGateway, store: redis.Redis) -> None:
+    """The balance, paid plus gifted, is kept within int64: a present beyond it is refused.
+    Parts stored before that was checked may still add up past it, and the account reads."""
     top_coins = (2**63 - 1) // 10_000
     body = {"tenant": MIDAS_APPID, "player": OPENID, "currency": "1", "token": "h1"}
     assert session(gw, {**body, "session_key": SESSION_KEY})[0] == 201
     save = {"amount": str(top_coins), "ref": "s1", "kind": "save"}
     assert adjust(gw, MIDAS_APPID, OPENID, "1", save)[0] == 200
-    assert midas_call(gw, MIDAS_PATHS[3], bill_no="P1", present_counts=top_coins)["errcode"] == 0
+    refused = midas_call(gw, MIDAS_PATHS[3], bill_no="P1", present_counts=top_coins)
+    assert refused["errcode"] == 90018, refused
+    assert account(gw, MIDAS_APPID, OPENID, "1")[1]["gen_balance"] == 0
+    store.hset(f"wg:{{{MIDAS_APPID}:{OPENID}}}:acct", "gen:1", str(top_coins * 10_000))
     status, payload = account(gw, MIDAS_APPID, OPENID, "1")
     assert status == 200, payload
     assert (payload["paid"], payload["gen_balance"]) == (top_coins, top_coins)
@@ -801,19 +805,21 @@ def test_transactions_midas_outcomes_report_paid_plus_gifted(gw: AsgiGateway) ->
     assert account(gw, MIDAS_APPID, OPENID, "1")[1]["balance"] == "90"
 
 
-def test_transactions_midas_outcome_past_int64_reads_exactly(gw: AsgiGateway) -> None:
-    """Paid and gifted parts each fit int64, their sum need not: the outcome still reads."""
+def test_transactions_midas_outcome_past_int64_reads_exactly(
+    gw: AsgiGateway, store: redis.Redis
+) -> None:
+    """Parts stored before the balance (their sum) was kept within int64 may add up past it:
+    the outcome still reads exactly."""
     body = {"tenant": MIDAS_APPID, "player": OPENID, "currency": "1", "token": "h1"}
     assert session(gw, {**body, "session_key": SESSION_KEY})[0] == 201
-    save = {"amount": "90", "ref": "s1", "kind": "save"}
-    assert adjust(gw, MIDAS_APPID, OPENID, "1", save)[0] == 200
     top_coins = (2**63 - 1) // 10_000
     present = midas_call(gw, MIDAS_PATHS[3], bill_no="TOP", present_counts=top_coins)
     assert present["errcode"] == 0, present
+    # 90 coins of paid part that arrived before the bound: the sum passes int64.
+    store.hset(f"wg:{{{MIDAS_APPID}:{OPENID}}}:tx:TOP", "bal", str(90 * 10_000))
     status, outcome = transaction(gw, MIDAS_APPID, "TOP", OPENID)
     assert status == 200, outcome
     assert (outcome["delta"], outcome["balance_after"]) == (str(top_coins), str(top_coins + 90))
-    assert outcome["response"] == present
 
 
 def test_an_unreadable_stored_value_is_a_503_with_the_error_body(

@@ -413,10 +413,40 @@ def test_int64_limits_exact_and_overflow_rejected(redis_url: str) -> None:
         assert (whole.outcome, whole.paid_units, whole.gen_units) == ("applied", 0, 0)
         back = await cancel(ledger, "ALL")
         assert (back.outcome, back.paid_units) == ("applied", INT64_MAX)
+        # The balance is the paid part plus the gifted one, and it is an int64 too: a present
+        # (or an admin credit) that would take the sum beyond it changes nothing. It once
+        # answered a balance no int64 holds, which no pay could then spend.
+        beyond = await present(ledger, "BEYOND", 1)
+        assert (beyond.outcome, beyond.paid_units, beyond.gen_units) == (
+            "overflow",
+            INT64_MAX,
+            0,
+        )
+        # Emptied by the admin (a pay would fill cost_sum, which the end of this test needs).
+        drain = await adjust(
+            ledger,
+            tenant=APPID,
+            player=OPENID,
+            currency="1",
+            amount_units=-INT64_MAX,
+            ref="DRAIN",
+            kind="adjust",
+        )
+        assert (drain.outcome, drain.balance_units) == ("applied", 0)
         top = await present(ledger, "TOP", INT64_MAX)
         assert (top.outcome, top.gen_units) == ("applied", INT64_MAX)
         over = await present(ledger, "OVER", 1)
         assert over.outcome == "overflow"
+        credit = await adjust(
+            ledger,
+            tenant=APPID,
+            player=OPENID,
+            currency="1",
+            amount_units=1,
+            ref="OVER-ADMIN",
+            kind="adjust",
+        )
+        assert credit.outcome == "overflow"
         mixed = await pay(ledger, "MIXED", INT64_MAX)  # all of the gifted part
         assert (mixed.outcome, mixed.gen_units, mixed.used_gen_units) == ("applied", 0, INT64_MAX)
         # present_sum is at the limit: the gifted part is put back and nothing is stored.
@@ -428,25 +458,25 @@ def test_int64_limits_exact_and_overflow_rejected(redis_url: str) -> None:
         blocked = await cancel(ledger, "MIXED")
         assert blocked.outcome == "overflow"
         view = await balance(ledger)
-        assert (view.paid_units, view.gen_units) == (INT64_MAX, INT64_MAX - 1)
+        assert (view.paid_units, view.gen_units) == (0, INT64_MAX - 1)
         # cost_sum at the limit: a pay that would overflow it changes nothing.
         raw(redis_url).hset(ACCT, "cost_sum:1", str(INT64_MAX))
-        blocked_pay = await pay(ledger, "COSTLY", INT64_MAX)
+        blocked_pay = await pay(ledger, "COSTLY", COIN)
         assert blocked_pay.outcome == "overflow"
         view = await balance(ledger)
         assert (view.paid_units, view.gen_units, view.cost_sum_units) == (
-            INT64_MAX,
+            0,
             INT64_MAX - 1,
             INT64_MAX,
         )
 
     run_with_ledger(redis_url, body)
     client = raw(redis_url)
-    for bill_no in ("OVER", "REFILL", "COSTLY"):
+    for bill_no in ("BEYOND", "OVER", "REFILL", "COSTLY"):
         assert not client.exists(tx(bill_no))
     assert client.hget(tx("MIXED"), "cancelled") is None
     kinds = [r["kind"] for r in journal(redis_url)]
-    assert kinds == ["save", "pay", "cancelpay", "present", "pay"]
+    assert kinds == ["save", "pay", "cancelpay", "adjust", "present", "pay"]
 
 
 def test_balance_of_a_new_account_and_sandbox_isolation(redis_url: str) -> None:
@@ -484,3 +514,39 @@ def test_session_cache_is_bounded_and_expires() -> None:
     assert cache.get("app", "a") is None and len(cache) == 1
     cache.invalidate("app", "c")
     assert len(cache) == 0
+
+
+def test_the_balance_bound_is_exact_next_to_int64_max(redis_url: str) -> None:
+    """Paid plus gifted may reach int64's maximum exactly and not one unit more, whichever
+    call adds to it (a present, an admin credit, the rollback of a pay), though doubles cannot
+    tell those sums apart."""
+
+    async def body(ledger: Ledger) -> None:
+        await setup(ledger, paid=INT64_MAX - 2 * COIN)
+        spent = await pay(ledger, "SPENT", COIN)
+        assert (spent.outcome, spent.paid_units) == ("applied", INT64_MAX - 3 * COIN)
+        edge = await present(ledger, "EDGE", 2 * COIN)
+        assert (edge.outcome, edge.paid_units + edge.gen_units) == ("applied", INT64_MAX - COIN)
+        # The rollback would give back COIN of paid part: exactly the maximum, so it applies...
+        assert (await cancel(ledger, "SPENT")).outcome == "applied"
+        view = await balance(ledger)
+        assert view.paid_units + view.gen_units == INT64_MAX
+        # ...and nothing more fits: not one unit by present, by the admin, or by a rollback.
+        assert (await present(ledger, "ONE", 1)).outcome == "overflow"
+        credit = await adjust(
+            ledger,
+            tenant=APPID,
+            player=OPENID,
+            currency="1",
+            amount_units=1,
+            ref="ONE-ADMIN",
+            kind="adjust",
+        )
+        assert credit.outcome == "overflow"
+        assert (await pay(ledger, "AGAIN", COIN)).outcome == "applied"
+        assert (await present(ledger, "REFILL", COIN)).outcome == "applied"
+        assert (await cancel(ledger, "AGAIN")).outcome == "overflow"
+        view = await balance(ledger)
+        assert view.paid_units + view.gen_units == INT64_MAX
+
+    run_with_ledger(redis_url, body)

@@ -196,7 +196,8 @@ def admin_routes(
             return error(409, INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS_DETAIL)
         balance_units = result.balance_units
         if info.family == "midas":
-            # The paid part plus the gifted one, as GET account answers (it may pass int64).
+            # The paid part plus the gifted one, as GET account answers (their sum is kept within
+            # int64, but parts stored before that was checked may pass it).
             balance_units += result.gen_units
         return json_response({"balance": _format_sum_units(balance_units), "ref": ref})
 

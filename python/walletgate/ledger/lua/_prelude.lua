@@ -107,6 +107,33 @@ local function wg_cmp(a, b)
   if a < b then return -sign else return sign end
 end
 
+-- Whether non-negative decimal integer strings add up to at most int64's maximum. A Midas
+-- account answers the sum of two parts (paid and gifted), each an int64 field of its own, so a
+-- credit to either must keep the sum in range too. Doubles only decide the clear cases, far
+-- below the bound (a sum under 2^62 is off by at most a few hundred units there); near it the
+-- strings are added digit by digit, exactly.
+local WG_INT64_MAX = '9223372036854775807'
+local function wg_total_fits(values)
+  local approximate = 0
+  for i = 1, #values do approximate = approximate + tonumber(values[i]) end
+  if approximate < 4.6e18 then return true end
+  local digits, carry = {}, 0
+  local longest = 0
+  for i = 1, #values do longest = math.max(longest, #values[i]) end
+  for place = 0, longest - 1 do
+    local digit = carry
+    for i = 1, #values do
+      local position = #values[i] - place
+      if position >= 1 then digit = digit + string.byte(values[i], position) - 48 end
+    end
+    digits[longest - place] = digit % 10
+    carry = math.floor(digit / 10)
+  end
+  local total = table.concat(digits)
+  if carry > 0 then total = tostring(carry) .. total end
+  return wg_cmp(total, WG_INT64_MAX) <= 0
+end
+
 local function wg_negate(a)
   if a == '0' then return '0' end
   if string.sub(a, 1, 1) == '-' then return string.sub(a, 2) end

@@ -19,9 +19,9 @@
 --   account that does not exist never gets here: ledger/admin.py refuses it first, storing
 --   nothing, as account_exists.lua tells) | "replay" (the stored outcome: balance_units and
 --   seq as first returned, state "applied" or "rejected") |
---   "conflict" (ref stored with another fingerprint; nothing written) | "overflow" (the balance
---   would leave int64; not stored, nothing written: like malformed input, a retry is evaluated
---   afresh)
+--   "conflict" (ref stored with another fingerprint; nothing written) | "overflow" (the balance,
+--   or for Midas the paid part plus the gifted one, would leave int64; not stored, nothing
+--   written: like malformed input, a retry is evaluated afresh)
 --   state is "applied" or "rejected" (the stored state; "" when nothing is stored).
 --   balance_units is the paid part of a Midas account; gen_units its gifted part, which an
 --   adjustment leaves as it is ("0" for the other families, and for outcomes stored before
@@ -78,6 +78,10 @@ if wg_cmp(amount_units, '0') < 0 then
     wg_journal(currency, seq, 'reject', '0', balance, 'insufficient_funds')
     return {'insufficient', balance, seq, 'rejected', gen_units or '0'}
   end
+end
+if gen_units and wg_cmp(amount_units, '0') > 0
+    and not wg_total_fits({wg_get(KEYS[1], balance_field), gen_units, amount_units}) then
+  return {'overflow', wg_get(KEYS[1], balance_field), '0', '', gen_units}
 end
 local balance_units = wg_add(KEYS[1], balance_field, amount_units)
 if not balance_units then

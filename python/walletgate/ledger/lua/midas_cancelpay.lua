@@ -15,7 +15,7 @@
 --               another environment or zone); nothing written
 --   "repeat"    code "90015": already rolled back; nothing written
 --   "session"   the session_key is gone, expired or not the one verified; nothing written
---   "overflow"  a part would leave int64; nothing written
+--   "overflow"  a part, or the balance (paid plus gifted), would leave int64; nothing written
 -- Journal: kind "cancelpay" (delta/bal = paid part, extra gdelta/gbal = gifted part).
 -- resend: unsafe. A second run answers "repeat" (90015), not the rollback the first made, so a
 -- call whose connection broke in flight is answered "busy" instead of being sent again.
@@ -49,6 +49,12 @@ end
 local amount_units = pay[6]
 local used_gen = pay[7]
 local paid_used = pay[8]
+
+-- The balance after the rollback must stay an int64 (presents may have filled it since).
+local parts = redis.call('HMGET', acct_key, paid_field, gen_field)
+if not wg_total_fits({parts[1] or '0', parts[2] or '0', paid_used, used_gen}) then
+  return {'overflow', '0', '0', '0', '0'}
+end
 
 -- Restore both parts and cost_sum; if any would leave int64, undo what was done (the values are
 -- then exactly those read) and write nothing.

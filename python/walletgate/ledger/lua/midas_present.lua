@@ -12,7 +12,8 @@
 --   "replay"   the stored code and parts as first returned
 --   "conflict" bill_no stored with another fingerprint (90012); nothing written
 --   "session"  the session_key is gone, expired or not the one verified; nothing written
---   "overflow" the gifted part or present_sum would leave int64; nothing written
+--   "overflow" the gifted part, present_sum or the balance (paid plus gifted) would leave int64;
+--              nothing written
 -- Journal: kind "present" (delta "0" and bal = paid part, extra gdelta/gbal = gifted part).
 
 local currency = ARGV[3]
@@ -41,6 +42,10 @@ if stored[1] then
   return {'replay', stored[2] or '0', stored[3] or '0', stored[4] or '0', '0'}
 end
 
+local parts = redis.call('HMGET', acct_key, 'bal:' .. currency, gen_field)
+if not wg_total_fits({parts[1] or '0', parts[2] or '0', amount_units}) then
+  return {'overflow', '0', parts[1] or '0', parts[2] or '0', '0'}
+end
 local gen_after = wg_add(acct_key, gen_field, amount_units)
 if not gen_after then
   return {'overflow', '0', wg_get(acct_key, 'bal:' .. currency), wg_get(acct_key, gen_field), '0'}
