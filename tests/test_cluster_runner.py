@@ -434,6 +434,14 @@ def test_replica_acks_reach_every_primary_connection(cluster: RedisCluster) -> N
             with pytest.raises(NotReplicated, match="0 of 1 replicas"):
                 await runner.run(SET_ONE, [key], ["v"])
             assert cluster.cli(port, "GET", key).strip() == "v"
+        # Each primary's batches wrote its probe key before the WAIT, in a slot it owns (a key
+        # of another node's slot would have been refused with MOVED and written nothing).
+        assert isinstance(runner, ClusterRunner)
+        for port in cluster.ports:
+            probe = runner.nodes[f"127.0.0.1:{port}"].probe_key
+            assert probe is not None
+            assert cluster.owner_port(key_slot(probe.encode())) == port
+            assert cluster.cli(port, "GET", probe).strip() == "1", port
         await runner.close()
 
     run(scenario)

@@ -17,12 +17,15 @@ import redis
 from conftest import RedisServer, free_port
 from gateway_helpers import config_dict
 from test_fastredis import ECHO, FAILING, SETTINGS, make_script, run, runner_for
+from walletgate.app import create_app
 from walletgate.config import ConfigError, parse_config
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.core import Ledger
 from walletgate.ledger.errors import LedgerScriptError, NotReplicated
 from walletgate.ledger.minigame import change_balance
+from walletgate.logs import AccessLog
+from wire_helpers import AsgiGateway
 
 # Long enough that a replica on a busy 2-core machine always confirms in time, so only the
 # frozen replica of a test is ever missing.
@@ -61,7 +64,13 @@ class Pair:
         os.kill(self.replica.process.pid, signal.SIGCONT)
 
     def wait_calls(self) -> int:
-        stats = self.primary_client.info("commandstats").get("cmdstat_wait")
+        return self._calls("cmdstat_wait")
+
+    def set_calls(self) -> int:
+        return self._calls("cmdstat_set")
+
+    def _calls(self, name: str) -> int:
+        stats = self.primary_client.info("commandstats").get(name)
         return int(stats["calls"]) if stats else 0
 
 
@@ -101,6 +110,28 @@ def test_calls_are_answered_once_the_replica_holds_them_with_one_wait_per_batch(
         # Every batch waited, and a batch of several calls waited once.
         assert 1 <= waits < 400
         assert runner.in_flight == 0
+        await runner.close()
+
+    run(scenario)
+
+
+def test_each_batch_writes_the_probe_before_its_wait(pair: Pair) -> None:
+    """WAIT counts replicas that hold the connection's last write, and Redis 7.2 and later
+    mark a connection's position only when it writes: a replay (which writes nothing) sent on
+    a connection that never wrote would be confirmed at once, while the replicas may still lack
+    the movement it replays. A write of the probe key before every WAIT puts each batch's
+    position at the end of everything the primary has applied."""
+
+    async def scenario() -> None:
+        runner = runner_for(pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS)
+        echo = make_script("read_only", "return redis.call('GET', KEYS[1])")
+        assert await runner.run(echo, ["nothing"], []) is None  # connected, script loaded
+        sets_before = pair.set_calls()
+        waits_before = pair.wait_calls()
+        assert await runner.run(echo, ["nothing"], []) is None  # writes nothing itself
+        assert pair.wait_calls() - waits_before == 1
+        assert pair.set_calls() - sets_before == 1  # the probe, in the same batch
+        assert pair.replica_client.get(keys.replication_probe_key(None)) is not None
         await runner.close()
 
     run(scenario)
@@ -238,3 +269,19 @@ def test_replica_ack_settings_are_bounded(tmp_path: Path) -> None:
     for redis_raw, message in refused:
         with pytest.raises(ConfigError, match=message):
             parse_config({**raw, "redis": redis_raw})
+
+
+def test_readiness_names_replicas_that_do_not_confirm(pair: Pair, tmp_path: Path) -> None:
+    raw = config_dict(tmp_path / "journal")
+    raw["redis"].update(url=pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS)
+    app = create_app(
+        parse_config(raw), run_journal_writer=False, access_log=AccessLog(enabled=False)
+    )
+    with AsgiGateway(app) as gateway:
+        assert gateway.get("/readyz").json()["checks"]["redis"] == "ok"
+        pair.freeze_replica()
+        refused = gateway.get("/readyz")
+        assert refused.status_code == 503
+        assert refused.json()["checks"]["redis"].startswith("replicas do not confirm"), refused
+        pair.thaw_replica()
+        assert gateway.get("/readyz").json()["checks"]["redis"] == "ok"

@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from walletgate.ledger.core import ping
+from walletgate.ledger.errors import NotReplicated
 from walletgate.metrics import Metrics
 from walletgate.protocols.common import GatewayContext, json_response
 
@@ -59,7 +60,11 @@ def health_routes(ctx: GatewayContext, journal_status: Callable[[], Any] | None)
             checks["redis_clock_offset_ms"] = round(offset_us / 1000, 1)
         except Exception as error:  # Any failure of the probe means "not ready", never a 500.
             checks["redis"] = "unavailable"
-            if "WGLATE" in str(error):
+            if isinstance(error, NotReplicated):
+                # Redis answers, but [redis] replica_acks cannot be met: every money call is
+                # answered busy (though applied on the primary) until the replicas catch up.
+                checks["redis"] = f"replicas do not confirm: {error}"
+            elif "WGLATE" in str(error):
                 # The probe itself started past its deadline: the clocks disagree by more than
                 # the fence, or the server stalled; every money call is refused alike.
                 checks["redis"] = "calls arrive late: Redis clock ahead of this host, or stalled"

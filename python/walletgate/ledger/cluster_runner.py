@@ -18,6 +18,7 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from walletgate.config import RedisConfig
+from walletgate.ledger import keys
 from walletgate.ledger.errors import LedgerUnavailable
 from walletgate.ledger.fastredis import (
     REPLICA_ERROR_CODES,
@@ -283,7 +284,11 @@ class ClusterRunner(BoundedRunner):
                 host = answered_by
             port = int(primary[1])
             connection = self._node(host, port)
-            primaries.add(f"{host}:{port}")
+            endpoint = f"{host}:{port}"
+            if self._replica_acks and endpoint not in primaries:
+                # Its first slot of this map: the node may write only keys of its own slots.
+                connection.set_probe(keys.replication_probe_key(start))
+            primaries.add(endpoint)
             for slot in range(start, end + 1):
                 slots[slot] = connection
         self.slots = slots

@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar, cast
 import hiredis
 
 from walletgate.config import RedisConfig
+from walletgate.ledger import keys
 from walletgate.ledger.errors import (
     ConnectionDropped,
     LedgerScriptError,
@@ -464,16 +465,20 @@ class _Wire(asyncio.Protocol):
 class _AckedWire(_Wire):
     """A wire that answers no command before enough replicas hold it (``[redis] replica_acks``).
 
-    Every written batch ends with ``WAIT <replica_acks> <timeout>``, and the replies of the
-    batch's commands are held until the WAIT's reply comes: when it counts enough replicas they
-    are passed on, otherwise each successful reply becomes :class:`NotReplicated`. One WAIT per
-    batch covers every command of the batch, because WAIT waits for the connection's last write.
-    Error replies pass unchanged: a command that failed wrote nothing that could be lost.
+    Every written batch ends with a write of the probe key and ``WAIT <replica_acks>
+    <timeout>``, and the replies of the batch's commands are held until the WAIT's reply comes:
+    when it counts enough replicas they are passed on, otherwise each successful reply becomes
+    :class:`NotReplicated`. WAIT waits for the replicas to reach the connection's last write,
+    and the probe makes that write the newest of the primary: so one WAIT covers every command
+    of the batch, and also what they only read. A replay writes nothing, and the movement it
+    replays may have been written by another connection; Redis 7.2 and later place a
+    connection that did not write at its old position, where WAIT would answer at once.
+    Every script call waits, reads included: an answer never shows a state that a failover
+    could lose. Error replies pass unchanged: a command that failed wrote nothing.
 
     Replies are held only while a WAIT is outstanding, so the handshake (sent before
-    :meth:`require_acks`) is answered as on a plain wire, and so are commands sent with
-    :meth:`send_unacked`, which add no WAIT to their batch either: the ledger writes only
-    through scripts, and a read must not fail because replicas lag.
+    :meth:`require_acks`) is answered as on a plain wire, and so are the commands sent with
+    :meth:`send_unacked` (CLUSTER SLOTS), which add no WAIT to their batch either.
     """
 
     def __init__(
@@ -482,12 +487,14 @@ class _AckedWire(_Wire):
         command_timeout_s: float,
         replica_acks: int,
         ack_timeout_ms: int,
+        probe_key: str | None,
     ) -> None:
         assert replica_acks >= 1 and ack_timeout_ms >= 1
         super().__init__(loop, command_timeout_s)
         self._replica_acks = replica_acks
         self._ack_timeout_ms = ack_timeout_ms
         self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
+        self.set_probe(probe_key)
         self._acks_required = False
         # Whether the current batch holds a command that needs the replicas' WAIT.
         self._batch_needs_wait = False
@@ -501,6 +508,11 @@ class _AckedWire(_Wire):
         """From now on, every batch with a :meth:`send` waits for the replicas."""
         self._acks_required = True
 
+    def set_probe(self, probe_key: str | None) -> None:
+        """The key written before each WAIT (None: none is known yet, a cluster node whose
+        slots the runner has not learned; its WAITs then cover only what the batch wrote)."""
+        self._probe_packed = None if probe_key is None else pack_command(("SET", probe_key, "1"))
+
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         self._batch_needs_wait = self._acks_required
         return super().send(packed)
@@ -513,6 +525,12 @@ class _AckedWire(_Wire):
 
     def _flush(self) -> None:
         if self._batch_needs_wait and self._out and not self.broken:
+            if self._probe_packed is not None:
+                probe: asyncio.Future[Any] = self.loop.create_future()
+                probe.add_done_callback(consume_outcome)
+                self._pending.append(probe)
+                self._out.append(self._probe_packed)
+                self._unacked.add(probe)
             wait: asyncio.Future[Any] = self.loop.create_future()
             self._pending.append(wait)
             self._out.append(self._wait_packed)
@@ -600,6 +618,7 @@ class FastConnection:
         select_db: bool = True,
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 0,
+        probe_key: str | None = None,
     ) -> None:
         self.address = address
         self._connect_timeout_s = connect_timeout_s
@@ -607,6 +626,7 @@ class FastConnection:
         self._select_db = select_db
         self._replica_acks = replica_acks
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
+        self.probe_key = probe_key
         self.wire: _Wire | None = None
         self._connecting: asyncio.Task[_Wire] | None = None
         self._retry_at = 0.0
@@ -636,7 +656,11 @@ class FastConnection:
         acked: _AckedWire | None = None
         if self._replica_acks > 0:
             acked = _AckedWire(
-                loop, self._command_timeout_s, self._replica_acks, self._replica_ack_timeout_ms
+                loop,
+                self._command_timeout_s,
+                self._replica_acks,
+                self._replica_ack_timeout_ms,
+                self.probe_key,
             )
         wire = acked or _Wire(loop, self._command_timeout_s)
         address = self.address
@@ -696,6 +720,13 @@ class FastConnection:
         reply = await wire.send(pack_command(("PING",)))
         if isinstance(reply, ReplyError):
             raise LedgerUnavailable(f"Redis refused the connection: {reply}")
+
+    def set_probe(self, probe_key: str) -> None:
+        """The key to write before each WAIT, from now on (a cluster node's, once its slots are
+        known)."""
+        self.probe_key = probe_key
+        if isinstance(self.wire, _AckedWire):
+            self.wire.set_probe(probe_key)
 
     async def command(self, *args: ScriptArg) -> Any:
         """Send one command and return its raw reply (error replies are returned, not raised).
@@ -808,6 +839,7 @@ class FastRedisRunner(BoundedRunner):
                 command_timeout_s=command_timeout_ms / 1000,
                 replica_acks=replica_acks,
                 replica_ack_timeout_ms=replica_ack_timeout_ms,
+                probe_key=keys.replication_probe_key(None) if replica_acks else None,
             )
             for _ in range(connections)
         ]

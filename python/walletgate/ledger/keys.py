@@ -84,6 +84,14 @@ def _journal_tags_by_slot() -> tuple[str, ...]:
     return tuple(tag for tag in tags if tag is not None)
 
 
+def replication_probe_key(slot: int | None) -> str:
+    """The key the hot path writes before each WAIT (``[redis] replica_acks``, see
+    ``fastredis._AckedWire``): one for a standalone Redis (``slot`` None), one in ``slot`` for a
+    cluster node, which may write only keys of its own slots. It holds nothing but "1"."""
+    tag = "replication-probe" if slot is None else _journal_tags_by_slot()[slot]
+    return KEY_PREFIX + "{" + tag + "}:replication-probe"
+
+
 def journal_bucket(tenant: str, player: str, buckets: int, cluster: bool) -> int:
     """The bucket of a player's journal records: its slot on a cluster, else slot mod buckets."""
     slot = slot_of(tenant, player)
