@@ -463,8 +463,10 @@ def test_count_records_sums_streams_on_every_node(cluster: RedisCluster) -> None
             for record in range(index % 3 + 1):
                 await tools.xadd(stream, {"r": str(record)})
         expected = sum(index % 3 + 1 for index in range(len(filled)))
-        assert await journal_writer.count_records(tools, streams) == expected
-        assert await journal_writer.count_records(tools, []) == 0
+        records, oldest_ms = await journal_writer.count_records(tools, streams)
+        assert records == expected
+        assert abs(oldest_ms - time.time() * 1000) < 60_000  # by Redis's clock
+        assert await journal_writer.count_records(tools, []) == (0, 0)
         await tools.aclose()
 
     run(scenario)

@@ -1030,7 +1030,9 @@ def test_the_observer_gives_no_start_grace_once_the_writer_was_restarted(
 
 def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: Path) -> None:
     """A worker must not call the journal current while a shard's figures are missing (they
-    expired, or no writer ever took it): that shard's wait counts from the worker's start."""
+    expired, or no writer ever took it): that shard's records are counted in Redis, and its
+    wait is the oldest one's. A shard with none is not late (it once counted as waiting since
+    the worker started, which failed /readyz on an idle gateway)."""
     config = journal_config(redis_url, tmp_path / "journal")
     settings = WriterSettings.from_config(config, lease_ms=1000)
     client = redis.Redis.from_url(redis_url)
@@ -1040,7 +1042,6 @@ def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: P
     # Shard 1 reported later but never flushed: the last flush is still shard 0's.
     idle = {"pending": 0, "oldest_ms": 0, "updated_ms": now_ms, "flush_s": 0.0}
     client.hset(writer.STATS_KEY, "1", orjson.dumps(idle))
-    client.close()
 
     async def scenario() -> writer.JournalStatus:
         async_client = redis.asyncio.Redis.from_url(redis_url)
@@ -1053,7 +1054,18 @@ def test_the_observer_counts_a_shard_nobody_reported(redis_url: str, tmp_path: P
     status = run(scenario())
     assert status.alive  # shards 0 and 1 reported just now
     assert status.last_flush_s == 0.001
-    assert status.oldest_pending_age_s >= 10  # shards 2 and 3 never did
+    assert (status.pending_records, status.oldest_pending_age_s) == (0, 0)  # nothing waits
+
+    # Shards 2 and 3 never reported: two records wait in shard 2's streams, the older one
+    # written 30 s ago.
+    shard_streams = writer.shard_stream_names(settings)
+    assert len(shard_streams) >= 4
+    client.xadd(shard_streams[2][0], {"r": "old"}, id=f"{now_ms - 30_000}-0")
+    client.xadd(shard_streams[2][-1], {"r": "new"})
+    client.close()
+    status = run(scenario())
+    assert status.pending_records == 2
+    assert 30 <= status.oldest_pending_age_s < 40
 
 
 def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
@@ -1075,12 +1087,13 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
     for number in range(writer.shard_count_of(settings)):
         client.hset(writer.STATS_KEY, str(number), orjson.dumps(drained))
     # Records that reached the streams after the owner's last figures: the pending gauge must
-    # count them (it once kept the stale "0").
+    # count them (it once kept the stale "0"), and the lag is the wait of the oldest.
     shard_streams = writer.shard_stream_names(settings)
     assert len(shard_streams) >= 2 and all(shard_streams)
+    arrived_ms = now_ms - silence_ms + 100
     for stream, records in ((shard_streams[0][0], 3), (shard_streams[-1][-1], 2)):
         for index in range(records):
-            client.xadd(stream, {"r": str(index)})
+            client.xadd(stream, {"r": str(index)}, id=f"{arrived_ms}-{index + 1}")
     client.close()
 
     async def scenario() -> writer.JournalStatus:
@@ -1093,7 +1106,7 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
 
     status = run(scenario())
     assert status.alive
-    assert status.oldest_pending_age_s >= silence_ms / 1000
+    assert status.oldest_pending_age_s >= (silence_ms - 100) / 1000
     assert status.pending_records == 5
 
     # Silent for more than a lease: the writer is down.
@@ -1104,8 +1117,18 @@ def test_the_observer_counts_figures_its_writer_stopped_refreshing_as_lag(
     client.close()
     status = run(scenario())
     assert not status.alive
-    assert status.oldest_pending_age_s >= (settings.lease_ms + 1000) / 1000
+    assert status.oldest_pending_age_s >= (silence_ms - 100) / 1000
     assert status.pending_records == 5
+
+    # A silent writer with nothing waiting behind it: no lag (an idle gateway whose writer
+    # was restarted stays ready), though the writer counts as down.
+    client = redis.Redis.from_url(redis_url)
+    for stream in {shard_streams[0][0], shard_streams[-1][-1]}:
+        client.delete(stream)
+    client.close()
+    status = run(scenario())
+    assert not status.alive
+    assert (status.pending_records, status.oldest_pending_age_s) == (0, 0)
 
 
 def test_a_stop_that_times_out_still_gives_the_shards_back(

@@ -1057,9 +1057,10 @@ def shard_stream_names(settings: WriterSettings) -> list[list[str]]:
     return names
 
 
-async def count_records(client: RedisClient, streams: Sequence[str]) -> int:
-    """How many records ``streams`` hold now, read from Redis (one call per node and per
-    :data:`MAX_STREAMS_PER_READ` streams, one after the other). Streams of a slot that is
+async def count_records(client: RedisClient, streams: Sequence[str]) -> tuple[int, int]:
+    """How many records ``streams`` hold now, and the time (unix ms, by Redis's clock) of the
+    oldest of them, or 0 when there is none; read from Redis, one call per node and per
+    :data:`MAX_STREAMS_PER_READ` streams, one after the other. Streams of a slot that is
     migrating are not counted."""
     replies = await run_per_node(
         client,
@@ -1068,7 +1069,9 @@ async def count_records(client: RedisClient, streams: Sequence[str]) -> int:
         ordered=True,
         max_weight_per_call=MAX_STREAMS_PER_READ,
     )
-    return sum(int(reply[0]) for _, reply in replies)
+    records = sum(int(reply[0]) for _, reply in replies)
+    oldest = [int(reply[2]) for _, reply in replies if int(reply[2]) > 0]
+    return records, min(oldest, default=0)
 
 
 async def read_journal_figures(
@@ -1080,12 +1083,13 @@ async def read_journal_figures(
 ) -> JournalFigures:
     """Sum up every shard's published stats (writers and workers alike report these).
 
-    ``shard_streams`` names each shard's streams (:func:`shard_stream_names`). ``uptime_ms``
-    is how long the caller has been watching: a shard nobody has reported (its figures
-    expired, or no writer took it) counts as waiting that long once it exceeds two leases, the
-    time a live writer needs to take a shard. A shard whose figures are older than
-    ``stale_ms`` has an owner that is dead or stuck: its records may have waited since then.
-    The records of both kinds are counted in Redis, not taken from figures that no longer say.
+    ``shard_streams`` names each shard's streams (:func:`shard_stream_names`). Two kinds of
+    shard have figures that say nothing of now: one nobody has reported once ``uptime_ms``
+    (how long the caller has been watching) exceeds two leases, the time a live writer needs
+    to take a shard; and one whose figures are older than ``stale_ms``, whose owner is dead or
+    stuck. Their records are counted in Redis instead, and the oldest one's age is their lag:
+    records that keep arriving while nobody writes them out show their real wait, and a shard
+    with none shows none (a restarted writer on an idle gateway is not "lagging").
     """
     raw, cross_player = await run_pipeline(
         client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
@@ -1107,7 +1111,6 @@ async def read_journal_figures(
         stats = published.get(number)
         if stats is None:
             if uptime_ms > 2 * lease_ms:
-                oldest_age_ms = max(oldest_age_ms, uptime_ms)
                 unreported.append(number)
             continue
         freshest_ms = max(freshest_ms, stats.updated_ms)
@@ -1115,22 +1118,23 @@ async def read_journal_figures(
             # Of the shards that have flushed, the one heard from last gives the journal's last
             # flush (an idle shard that never flushed reports 0, which says nothing).
             flushed_ms, last_flush_s = stats.updated_ms, stats.flush_s
-        age_ms = now_ms - stats.oldest_ms if stats.pending and stats.oldest_ms else 0
-        silence_ms = now_ms - stats.updated_ms
-        if silence_ms > stale_ms:
+        if now_ms - stats.updated_ms > stale_ms:
             # The owner stopped reporting (killed, stopped, stuck on its disk): what reached
             # the shard since may have waited all that time, whatever its last figures said.
             # Waiting a lease for another writer to take the shard would hide that for longer
             # than max_lag_ms.
-            age_ms = max(age_ms, silence_ms)
             unreported.append(number)
-        else:
-            pending += stats.pending
-        oldest_age_ms = max(oldest_age_ms, age_ms)
+            continue
+        pending += stats.pending
+        if stats.pending and stats.oldest_ms:
+            oldest_age_ms = max(oldest_age_ms, now_ms - stats.oldest_ms)
     if unreported:
-        pending += await count_records(
+        records, oldest_ms = await count_records(
             client, [stream for number in unreported for stream in shard_streams[number]]
         )
+        pending += records
+        if oldest_ms:
+            oldest_age_ms = max(oldest_age_ms, now_ms - oldest_ms)
     return JournalFigures(
         pending_records=pending,
         oldest_pending_age_ms=max(0, oldest_age_ms),
