@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1204,3 +1204,44 @@ def test_shards_a_registered_writer_cannot_open_are_taken_over(
     assert (able_shards, unable_shards) == ([0, 1, 2, 3], [])
     assert errors > 0
     assert_each_record_once(disk_records(config.journal.dir), journaled_count(outcomes))
+
+
+def test_silent_shards_are_recounted_at_most_every_interval_and_a_failed_count_falls_back(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Counting every stream costs Redis, and every worker asks each second: a count is reused
+    for a while. A count that fails (a node that does not answer) must not fail the figures:
+    the silent shards' wait then counts from when they fell silent."""
+    config = journal_config(redis_url, tmp_path / "journal")
+    settings = WriterSettings.from_config(config)
+    shard_streams = writer.shard_stream_names(settings)
+    client = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        async_client = redis.asyncio.Redis.from_url(redis_url)
+        counter = writer.RecordCounter(async_client, interval_s=0.3)
+        streams = shard_streams[0]
+        assert await counter(streams) == (0, 0)
+        client.xadd(streams[0], {"r": "1"}, id="1000-1")
+        assert await counter(streams) == (0, 0)  # reused
+        assert (await counter(shard_streams[1] + streams))[0] == 1  # other streams: counted
+        await asyncio.sleep(0.35)
+        assert await counter(streams) == (1, 1000)
+
+        async def failing(streams: Sequence[str]) -> tuple[int, int]:
+            raise redis.exceptions.ConnectionError("node down")
+
+        silence_ms = settings.stale_after_ms + 3000
+        stale = {"pending": 0, "oldest_ms": 0, "updated_ms": 0, "flush_s": 0.001}
+        stale["updated_ms"] = int(time.time() * 1000) - silence_ms
+        for number in range(len(shard_streams)):
+            client.hset(writer.STATS_KEY, str(number), orjson.dumps(stale))
+        figures = await writer.read_journal_figures(
+            async_client, shard_streams, settings.lease_ms, 0, settings.stale_after_ms, failing
+        )
+        assert figures.oldest_pending_age_ms >= silence_ms
+        assert figures.pending_records == 0  # not known
+        await async_client.aclose()
+
+    run(scenario())
+    client.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +14,8 @@ from ledger_helpers import make_ledger
 from walletgate.ledger import midas
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.core import Ledger
+from walletgate.ledger.fastredis import FastRedisRunner
+from walletgate.ledger.scripts import PRELUDE_NAME, Script, _read
 from walletgate.ledger.sessions import register_session
 
 APPID = "wx1234567"
@@ -550,3 +554,31 @@ def test_the_balance_bound_is_exact_next_to_int64_max(redis_url: str) -> None:
         assert view.paid_units + view.gen_units == INT64_MAX
 
     run_with_ledger(redis_url, body)
+
+
+def test_wg_total_fits_adds_exactly_and_leaves_out_what_is_not_a_part(redis_url: str) -> None:
+    """The prelude's bound on a sum of parts: exact next to int64 max, where doubles are not;
+    a negative or empty value (no part is ever one) is left out instead of being added as
+    digits ('-' once counted as the digit -3)."""
+    source = (
+        _read(PRELUDE_NAME) + "\nreturn wg_total_fits(cjson.decode(ARGV[1])) and 1 or 0"
+    ).encode()
+    script = Script(name="fits", source=source, sha=hashlib.sha1(source).hexdigest())
+    cases = [
+        (["9223372036854775807"], 1),
+        (["9223372036854775806", "1"], 1),
+        (["9223372036854775807", "1"], 0),
+        (["4611686018427387904", "4611686018427387904"], 0),  # 2^63
+        (["4611686018427387904", "4611686018427387903"], 1),
+        (["-1", "9223372036854775800", "9"], 0),
+        (["", "4600000000000000000"], 1),
+        (["5", "7"], 1),
+    ]
+
+    async def scenario() -> None:
+        runner = FastRedisRunner.from_url(redis_url)
+        for values, expected in cases:
+            assert await runner.run(script, [], [json.dumps(values)]) == expected, values
+        await runner.close()
+
+    asyncio.run(scenario())

@@ -231,10 +231,9 @@ def test_error_replies_pass_unchanged_when_the_replica_does_not_confirm(pair: Pa
     run(scenario)
 
 
-def test_a_connection_killed_while_waiting_for_the_replica_resends_the_call(pair: Pair) -> None:
-    """The commands of a batch ran, and the connection broke before the WAIT answered: the
-    call is sent again on a new connection (a replay for an idempotent script), which waits
-    for the replica anew."""
+def test_connections_killed_while_waiting_for_the_replica_ask_it_again(pair: Pair) -> None:
+    """The call ran, and the connections broke (its own and the gate's) before the replicas
+    answered: the gate asks them again on a new connection, and the caller gets its reply."""
     put = make_script(
         "put_once", "redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])"
     )
@@ -246,10 +245,50 @@ def test_a_connection_killed_while_waiting_for_the_replica_resends_the_call(pair
         call = asyncio.ensure_future(runner.run(put, ["k"], ["first"]))
         await asyncio.sleep(ACK_TIMEOUT_MS / 1000 / 3)
         killed = pair.primary_client.client_kill_filter(_type="normal", skipme=True)
-        assert killed >= 1
+        assert killed >= 2  # the calls' connection and the gate's
         pair.thaw_replica()
         assert await call == b"first"
         assert pair.replica_client.get("k") == b"first"
+        await runner.close()
+
+    run(scenario)
+
+
+def test_a_lagging_replica_makes_calls_busy_after_one_ack_timeout_not_a_pile_up(
+    pair: Pair,
+) -> None:
+    """Calls keep coming while the replica is frozen. A WAIT on the calls' own connection
+    would hold every later command behind it, one WAIT per batch: batches piled up until the
+    command timeout broke the connection (96 of 120 calls answered "no reply within 2000 ms",
+    found by a review). The gate waits once for all replies held so far, off that connection,
+    so every call is answered "not replicated" within a few ack timeouts."""
+    ack_timeout_ms = 100
+
+    async def scenario() -> None:
+        runner = runner_for(
+            pair.primary.url,
+            replica_acks=1,
+            replica_ack_timeout_ms=ack_timeout_ms,
+            command_timeout_ms=2000,
+        )
+        assert await runner.run(INCR, ["warm"], []) == 1
+        pair.freeze_replica()
+        started = time.monotonic()
+        calls = []
+        for tick in range(60):
+            calls += [
+                asyncio.ensure_future(runner.run(INCR, [f"n{tick}-{i}"], [])) for i in range(2)
+            ]
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        elapsed_s = time.monotonic() - started
+        assert all(isinstance(outcome, NotReplicated) for outcome in outcomes), {
+            type(outcome).__name__ for outcome in outcomes
+        }
+        assert elapsed_s < 10 * ack_timeout_ms / 1000, elapsed_s
+        # Every one of them ran on the primary (a retry replays it).
+        assert len(pair.primary_client.keys("n*")) == 120
+        pair.thaw_replica()
         await runner.close()
 
     run(scenario)
@@ -260,11 +299,16 @@ def test_replica_ack_settings_are_bounded(tmp_path: Path) -> None:
     assert parse_config(raw).redis.replica_acks == 0
     config = parse_config({**raw, "redis": {"replica_acks": 2, "replica_ack_timeout_ms": 50}})
     assert (config.redis.replica_acks, config.redis.replica_ack_timeout_ms) == (2, 50)
+    # Without replica_acks the ack timeout bounds nothing (a short command timeout is fine).
+    assert parse_config({**raw, "redis": {"command_timeout_ms": 200}}).redis.replica_acks == 0
     refused: list[tuple[dict[str, Any], str]] = [
         ({"replica_acks": 9}, "replica_acks"),
         ({"replica_acks": -1}, "replica_acks"),
         ({"replica_ack_timeout_ms": 0}, "replica_ack_timeout_ms"),
-        ({"replica_ack_timeout_ms": 600, "command_timeout_ms": 2000}, "a quarter"),
+        (
+            {"replica_acks": 1, "replica_ack_timeout_ms": 600, "command_timeout_ms": 2000},
+            "a quarter",
+        ),
     ]
     for redis_raw, message in refused:
         with pytest.raises(ConfigError, match=message):

@@ -22,7 +22,8 @@ IDEMPOTENCY_TTL_MIN_S = 604_800
 MAX_TTL_S = 10 * 365 * 86400
 MIDAS_TTL_MIN_S = 172_800
 ADMIN_TOKEN_MIN_CHARS = 32
-ADMIN_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
+# Printable ASCII, spaces only inside (an HTTP parser strips them at the ends).
+ADMIN_TOKEN_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 MAX_BODY_BYTES_LIMIT = 1_048_576
 # Extra cluster seed nodes: a few per availability zone is plenty; the slot map names the rest.
 MAX_REDIS_SEEDS = 16
@@ -357,10 +358,9 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         replica_acks=_int(redis_raw, "replica_acks", 0, 0, MAX_REPLICA_ACKS, "redis"),
         replica_ack_timeout_ms=_int(redis_raw, "replica_ack_timeout_ms", 100, 1, 60_000, "redis"),
     )
-    # A WAIT holds every later command of its connection, so a call queued behind one starts
-    # up to replica_ack_timeout_ms late; that must stay well inside the call deadline's fence
-    # (half the command timeout), or slow replicas would turn into refused calls.
-    if redis.replica_ack_timeout_ms * 4 > redis.command_timeout_ms:
+    # The WAIT runs on a connection of its own, which gives up after the command timeout: a
+    # replica that is merely slow must get its ack timeout well within that.
+    if redis.replica_acks and redis.replica_ack_timeout_ms * 4 > redis.command_timeout_ms:
         raise ConfigError(
             "redis.replica_ack_timeout_ms may be at most a quarter of redis.command_timeout_ms"
         )
@@ -417,7 +417,7 @@ def parse_config(raw: Mapping[str, Any], *, check_journal_dir: bool = True) -> C
         # HTTP header values reach Starlette as latin-1 while the token is compared as UTF-8:
         # any other character would make a token that no client can present.
         raise ConfigError(
-            "admin.token must be printable ASCII without spaces (as an HTTP header carries it)"
+            "admin.token must be printable ASCII, spaces only inside (as an HTTP header carries it)"
         )
     transfer_raw = _table(raw, "transfer")
     transfer = TransferConfig(

@@ -19,6 +19,7 @@ import orjson
 
 from walletgate.journal.writer import (
     JournalStatus,
+    RecordCounter,
     WriterSettings,
     read_journal_figures,
     shard_stream_names,
@@ -68,6 +69,7 @@ class JournalObserver:
         )
         self._started_s = time.time()
         self._shard_streams = shard_stream_names(settings)
+        self._record_counter = RecordCounter(client)
 
     def status(self) -> JournalStatus:
         return self._status
@@ -95,7 +97,7 @@ class JournalObserver:
         uptime_ms = now_ms - int(self._started_s * 1000)
         stale_ms = self._settings.stale_after_ms
         figures = await read_journal_figures(
-            self._client, self._shard_streams, lease_ms, uptime_ms, stale_ms
+            self._client, self._shard_streams, lease_ms, uptime_ms, stale_ms, self._record_counter
         )
         freshest_ms = figures.freshest_update_ms
         restarts = read_sidecar_restarts(self._sidecar_state_path)

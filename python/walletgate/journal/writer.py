@@ -68,7 +68,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -352,6 +352,7 @@ class JournalWriter:
         self._stream_of_bucket = dict(enumerate(streams))
         self._bucket_of_stream = {stream: bucket for bucket, stream in enumerate(streams)}
         self._reader = StreamReader(client)
+        self._record_counter = RecordCounter(client)
         self._rotation = 0
         # One thread does every file operation in order, so the event loop never waits on disk.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-files")
@@ -1021,6 +1022,7 @@ class JournalWriter:
             settings.lease_ms,
             uptime_ms,
             settings.stale_after_ms,
+            self._record_counter,
         )
         self._pending_records = figures.pending_records
         self._oldest_pending_age_s = figures.oldest_pending_age_ms / 1000
@@ -1074,12 +1076,40 @@ async def count_records(client: RedisClient, streams: Sequence[str]) -> tuple[in
     return records, min(oldest, default=0)
 
 
+# How long a count of silent shards' records is reused. Every worker's observer reads the
+# journal figures each status interval; counting all 16,384 streams of a cluster costs Redis
+# about 14 ms, which every worker of every host would otherwise spend each second while a
+# writer is down. A record that arrives meanwhile is seen this much later.
+RECOUNT_INTERVAL_S: Final = 2.0
+
+
+class RecordCounter:
+    """:func:`count_records` for :func:`read_journal_figures`, reused for
+    :data:`RECOUNT_INTERVAL_S` while the same streams are asked for."""
+
+    def __init__(self, client: RedisClient, interval_s: float = RECOUNT_INTERVAL_S) -> None:
+        self._client = client
+        self._interval_s = interval_s
+        self._streams: tuple[str, ...] = ()
+        self._counted_at = float("-inf")
+        self._result = (0, 0)
+
+    async def __call__(self, streams: Sequence[str]) -> tuple[int, int]:
+        wanted = tuple(streams)
+        now = time.monotonic()
+        if wanted != self._streams or now - self._counted_at >= self._interval_s:
+            self._result = await count_records(self._client, wanted)
+            self._streams, self._counted_at = wanted, now
+        return self._result
+
+
 async def read_journal_figures(
     client: RedisClient,
     shard_streams: Sequence[Sequence[str]],
     lease_ms: int,
     uptime_ms: int,
     stale_ms: int,
+    counter: Callable[[Sequence[str]], Awaitable[tuple[int, int]]],
 ) -> JournalFigures:
     """Sum up every shard's published stats (writers and workers alike report these).
 
@@ -1089,7 +1119,9 @@ async def read_journal_figures(
     to take a shard; and one whose figures are older than ``stale_ms``, whose owner is dead or
     stuck. Their records are counted in Redis instead, and the oldest one's age is their lag:
     records that keep arriving while nobody writes them out show their real wait, and a shard
-    with none shows none (a restarted writer on an idle gateway is not "lagging").
+    with none shows none (a restarted writer on an idle gateway is not "lagging"). When that
+    count fails (a node that does not answer), their wait is counted from when they fell
+    silent, as before there was a count, and their records are not known.
     """
     raw, cross_player = await run_pipeline(
         client, [("hgetall", (STATS_KEY,), {}), ("hgetall", (CROSS_PLAYER_KEY,), {})]
@@ -1105,13 +1137,16 @@ async def read_journal_figures(
     freshest_ms = 0
     flushed_ms = 0
     last_flush_s = 0.0
-    # Shards whose figures say nothing of now: their records are counted in Redis.
+    # Shards whose figures say nothing of now: their records are counted in Redis, and how
+    # long each has been silent, should the count fail.
     unreported: list[int] = []
+    silent_ms = 0
     for number in range(len(shard_streams)):
         stats = published.get(number)
         if stats is None:
             if uptime_ms > 2 * lease_ms:
                 unreported.append(number)
+                silent_ms = max(silent_ms, uptime_ms)
             continue
         freshest_ms = max(freshest_ms, stats.updated_ms)
         if stats.flush_s > 0 and stats.updated_ms > flushed_ms:
@@ -1124,17 +1159,22 @@ async def read_journal_figures(
             # Waiting a lease for another writer to take the shard would hide that for longer
             # than max_lag_ms.
             unreported.append(number)
+            silent_ms = max(silent_ms, now_ms - stats.updated_ms)
             continue
         pending += stats.pending
         if stats.pending and stats.oldest_ms:
             oldest_age_ms = max(oldest_age_ms, now_ms - stats.oldest_ms)
     if unreported:
-        records, oldest_ms = await count_records(
-            client, [stream for number in unreported for stream in shard_streams[number]]
-        )
-        pending += records
-        if oldest_ms:
-            oldest_age_ms = max(oldest_age_ms, now_ms - oldest_ms)
+        try:
+            records, oldest_ms = await counter(
+                [stream for number in unreported for stream in shard_streams[number]]
+            )
+        except RedisError:
+            oldest_age_ms = max(oldest_age_ms, silent_ms)
+        else:
+            pending += records
+            if oldest_ms:
+                oldest_age_ms = max(oldest_age_ms, now_ms - oldest_ms)
     return JournalFigures(
         pending_records=pending,
         oldest_pending_age_ms=max(0, oldest_age_ms),

@@ -18,8 +18,7 @@ from typing import Any, Final
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from walletgate.config import RedisConfig
-from walletgate.ledger import keys
-from walletgate.ledger.errors import LedgerUnavailable
+from walletgate.ledger.errors import LedgerUnavailable, NotReplicated
 from walletgate.ledger.fastredis import (
     REPLICA_ERROR_CODES,
     WAITERS_PER_IN_FLIGHT,
@@ -37,6 +36,7 @@ from walletgate.ledger.fastredis import (
     script_failure,
     script_fence_us,
 )
+from walletgate.ledger.keys import replication_probe_key
 from walletgate.ledger.runner import ScriptArg
 from walletgate.ledger.scripts import Script
 
@@ -129,6 +129,9 @@ class ClusterRunner(BoundedRunner):
             code = error_code(reply)
             if code == "MOVED":
                 connection = self._redirect_target(reply, connection)
+                if self._replica_acks and connection.probe_key is None:
+                    # A node not in the map yet: it owns this slot, so its probe can live there.
+                    connection.set_probe(replication_probe_key(slot))
                 # The reply is authoritative for this slot: use it now, reload the rest.
                 self.slots[slot] = connection
                 self._refresh_soon()
@@ -175,10 +178,12 @@ class ClusterRunner(BoundedRunner):
             # on the wire and nothing can come between them.
             wire.send(_ASKING).add_done_callback(consume_outcome)
             return await wire.send(packed)
-        except LedgerUnavailable:
+        except LedgerUnavailable as error:
             # A primary that cannot be reached may have failed over: look again, in the
-            # background and rate-limited, so the next calls go to its replacement.
-            self._refresh_soon()
+            # background and rate-limited, so the next calls go to its replacement. Replicas
+            # that do not confirm (replica_acks) say nothing of where the slot is.
+            if not isinstance(error, NotReplicated):
+                self._refresh_soon()
             raise
 
     def _redirect_target(self, reply: Exception, current: FastConnection) -> FastConnection:
@@ -287,7 +292,7 @@ class ClusterRunner(BoundedRunner):
             endpoint = f"{host}:{port}"
             if self._replica_acks and endpoint not in primaries:
                 # Its first slot of this map: the node may write only keys of its own slots.
-                connection.set_probe(keys.replication_probe_key(start))
+                connection.set_probe(replication_probe_key(start))
             primaries.add(endpoint)
             for slot in range(start, end + 1):
                 slots[slot] = connection

@@ -119,6 +119,8 @@ async def resend(
         raise OutcomeUnknown(f"{script.name} may have run; it is not sent twice") from dropped
     try:
         return await call(script, keys, args)
+    except (NotReplicated, OutcomeUnknown):
+        raise  # Its own cause is the one to report.
     except LedgerUnavailable as error:
         raise OutcomeUnknown(f"sent twice, no outcome: {error}") from error
 
@@ -462,100 +464,159 @@ class _Wire(asyncio.Protocol):
             pass
 
 
-class _AckedWire(_Wire):
-    """A wire that answers no command before enough replicas hold it (``[redis] replica_acks``).
+class ReplicaGate:
+    """Holds the replies of one Redis node's script calls until enough replicas hold what
+    they report (``[redis] replica_acks``).
 
-    Every written batch ends with a write of the probe key and ``WAIT <replica_acks>
-    <timeout>``, and the replies of the batch's commands are held until the WAIT's reply comes:
-    when it counts enough replicas they are passed on, otherwise each successful reply becomes
-    :class:`NotReplicated`. WAIT waits for the replicas to reach the connection's last write,
-    and the probe makes that write the newest of the primary: so one WAIT covers every command
-    of the batch, and also what they only read. A replay writes nothing, and the movement it
-    replays may have been written by another connection; Redis 7.2 and later place a
-    connection that did not write at its old position, where WAIT would answer at once.
-    Every script call waits, reads included: an answer never shows a state that a failover
-    could lose. Error replies pass unchanged: a command that failed wrote nothing.
-
-    Replies are held only while a WAIT is outstanding, so the handshake (sent before
-    :meth:`require_acks`) is answered as on a plain wire, and so are the commands sent with
-    :meth:`send_unacked` (CLUSTER SLOTS), which add no WAIT to their batch either.
+    The calls' own connection never waits: a blocked WAIT would hold every later command on
+    it, and a WAIT per batch would stack up behind a lagging replica until the command timeout
+    broke the connection. Instead the replies are handed here as they arrive, and a connection
+    of the gate's own writes the probe key and sends ``WAIT <replica_acks> <timeout>``: WAIT
+    waits for the replicas to reach that connection's last write, the probe, which the primary
+    applied after every held call had run. One WAIT thus confirms every reply held before it
+    was sent, what those calls only read included, and replays too: a replay writes nothing,
+    and Redis 7.2 and later leave a connection that did not write at its old position, where
+    WAIT answers at once. One WAIT is outstanding at a time; replies that arrive meanwhile wait
+    for the next. When fewer replicas confirm within the timeout, each held reply becomes
+    :class:`NotReplicated` (the call was applied on the primary; its retry replays it).
     """
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        command_timeout_s: float,
+        connection: FastConnection,
         replica_acks: int,
         ack_timeout_ms: int,
         probe_key: str | None,
     ) -> None:
         assert replica_acks >= 1 and ack_timeout_ms >= 1
-        super().__init__(loop, command_timeout_s)
+        self._connection = connection
         self._replica_acks = replica_acks
         self._ack_timeout_ms = ack_timeout_ms
         self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
         self.set_probe(probe_key)
-        self._acks_required = False
-        # Whether the current batch holds a command that needs the replicas' WAIT.
-        self._batch_needs_wait = False
-        # Futures of the WAITs written, oldest first; the (future, reply) pairs of the commands
-        # answered since the last WAIT's reply; and the futures answered without waiting.
-        self._waits: deque[asyncio.Future[Any]] = deque()
+        # Replies received and not yet sent to a WAIT, oldest first.
         self._held: list[tuple[asyncio.Future[Any], Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def set_probe(self, probe_key: str | None) -> None:
+        """The key written before each WAIT (None until a cluster node's slots are known; its
+        WAITs then cover only the gate connection's own writes, which is nothing: no reply is
+        confirmed without a probe)."""
+        self._probe_packed = None if probe_key is None else pack_command(("SET", probe_key, "1"))
+
+    def hold(self, future: asyncio.Future[Any], reply: Any) -> None:
+        """Pass ``reply`` to ``future`` once the replicas hold it (called in reply order)."""
+        if self._closed:
+            future.set_exception(OutcomeUnknown("the Redis client closed before the replicas"))
+            return
+        self._held.append((future, reply))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._confirm())
+
+    async def _confirm(self) -> None:
+        try:
+            while self._held:
+                batch = self._held
+                self._held = []
+                failure = await self._ask_replicas(len(batch))
+                for future, reply in batch:
+                    if future.done():
+                        continue  # The caller went away; its call ran all the same.
+                    if failure is None:
+                        future.set_result(reply)
+                    else:
+                        future.set_exception(failure)
+        finally:
+            self._task = None
+
+    async def _ask_replicas(self, calls: int) -> OutcomeUnknown | None:
+        """One probe and WAIT; None when enough replicas confirmed, else the error to give.
+        A gate connection that breaks is opened again once (the calls ran; only the answer of
+        the replicas is missing)."""
+        reason = "no probe key for this node yet"
+        for _ in range(2):
+            if self._probe_packed is None:
+                break
+            try:
+                wire = await self._connection.ready_wire()
+                # Written together, so the WAIT follows the probe on the same connection.
+                probe = wire.send_unacked(self._probe_packed)
+                waited = wire.send_unacked(self._wait_packed)
+                probe_reply = await probe
+                wait_reply = await waited
+            except LedgerUnavailable as error:
+                reason = f"cannot ask the replicas: {error}"
+                continue
+            if isinstance(probe_reply, ReplyError):
+                # The probe wrote nothing, so the WAIT says nothing of the held calls.
+                reason = f"the probe write was refused: {probe_reply}"
+                break
+            if isinstance(wait_reply, int) and wait_reply >= self._replica_acks:
+                return None
+            reason = (
+                f"applied on the primary, but {wait_reply} of {self._replica_acks} replicas "
+                f"confirmed it within {self._ack_timeout_ms} ms"
+            )
+            break
+        return NotReplicated(f"{reason} ({calls} calls)")
+
+    async def close(self) -> None:
+        self._closed = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for future, _ in self._held:
+            if not future.done():
+                future.set_exception(OutcomeUnknown("the Redis client closed before the replicas"))
+        self._held = []
+        await self._connection.close()
+
+
+class _AckedWire(_Wire):
+    """A wire whose script replies go through a :class:`ReplicaGate` before their callers see
+    them. Error replies pass at once (a command that failed wrote nothing), and so do the
+    handshake's (sent before :meth:`require_acks`) and those of :meth:`send_unacked`
+    (CLUSTER SLOTS)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, command_timeout_s: float, gate: ReplicaGate
+    ) -> None:
+        super().__init__(loop, command_timeout_s)
+        self._gate = gate
+        self._acks_required = False
         self._unacked: set[asyncio.Future[Any]] = set()
 
     def require_acks(self) -> None:
-        """From now on, every batch with a :meth:`send` waits for the replicas."""
+        """From now on, the replies of :meth:`send` wait for the replicas."""
         self._acks_required = True
 
-    def set_probe(self, probe_key: str | None) -> None:
-        """The key written before each WAIT (None: none is known yet, a cluster node whose
-        slots the runner has not learned; its WAITs then cover only what the batch wrote)."""
-        self._probe_packed = None if probe_key is None else pack_command(("SET", probe_key, "1"))
-
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
-        self._batch_needs_wait = self._acks_required
-        return super().send(packed)
-
     def send_unacked(self, packed: bytes) -> asyncio.Future[Any]:
-        future = super().send(packed)
+        future = self.send(packed)
         if not future.done():
             self._unacked.add(future)
         return future
-
-    def _flush(self) -> None:
-        if self._batch_needs_wait and self._out and not self.broken:
-            if self._probe_packed is not None:
-                probe: asyncio.Future[Any] = self.loop.create_future()
-                probe.add_done_callback(consume_outcome)
-                self._pending.append(probe)
-                self._out.append(self._probe_packed)
-                self._unacked.add(probe)
-            wait: asyncio.Future[Any] = self.loop.create_future()
-            self._pending.append(wait)
-            self._out.append(self._wait_packed)
-            self._waits.append(wait)
-        self._batch_needs_wait = False
-        super()._flush()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
         pending = self._pending
-        waits = self._waits
+        unacked = self._unacked
+        gate = self._gate
         try:
             reply = reader.gets()
             while reply is not False:
                 future = pending.popleft()
-                if waits and future is waits[0]:
-                    waits.popleft()
-                    self._release(reply)
-                elif waits and future not in self._unacked:
-                    self._held.append((future, reply))
-                else:
-                    self._unacked.discard(future)
+                if future in unacked:
+                    unacked.discard(future)
                     if not future.done():
                         future.set_result(reply)
+                elif self._acks_required and not isinstance(reply, ReplyError):
+                    gate.hold(future, reply)
+                elif not future.done():
+                    future.set_result(reply)
                 reply = reader.gets()
         except hiredis.ProtocolError as error:
             self.fail(f"Redis protocol error: {error}")
@@ -566,39 +627,8 @@ class _AckedWire(_Wire):
         if reader.len() > MAX_REPLY_BUFFER_BYTES:
             self.fail(f"Redis reply larger than {MAX_REPLY_BUFFER_BYTES} bytes")
 
-    def _release(self, wait_reply: Any) -> None:
-        held = self._held
-        self._held = []
-        if isinstance(wait_reply, int) and wait_reply >= self._replica_acks:
-            for future, reply in held:
-                if not future.done():
-                    future.set_result(reply)
-            return
-        reason = (
-            f"applied on the primary, but {wait_reply} of {self._replica_acks} replicas "
-            f"confirmed it within {self._ack_timeout_ms} ms"
-        )
-        for future, reply in held:
-            if future.done():
-                continue
-            if isinstance(reply, ReplyError):
-                future.set_result(reply)
-            else:
-                future.set_exception(NotReplicated(reason))
-
     def fail(self, reason: str, *, dropped: bool = False) -> None:
-        if self.broken:
-            return
-        held = self._held
-        self._held = []
-        self._waits.clear()
         self._unacked.clear()
-        # Their commands ran; only whether the replicas have them is unknown. After a drop the
-        # runner sends them again (a replay that waits for the replicas anew).
-        failure = ConnectionDropped if dropped else OutcomeUnknown
-        for future, _ in held:
-            if not future.done():
-                future.set_exception(failure(f"{reason} (while waiting for replicas)"))
         super().fail(reason, dropped=dropped)
 
 
@@ -624,9 +654,19 @@ class FastConnection:
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
         self._select_db = select_db
-        self._replica_acks = replica_acks
-        self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self.probe_key = probe_key
+        # The gate and its own connection to the same node, when replies wait for replicas.
+        self._gate: ReplicaGate | None = None
+        if replica_acks > 0:
+            gate_connection = FastConnection(
+                address,
+                connect_timeout_s=connect_timeout_s,
+                command_timeout_s=command_timeout_s,
+                select_db=select_db,
+            )
+            self._gate = ReplicaGate(
+                gate_connection, replica_acks, replica_ack_timeout_ms, probe_key
+            )
         self.wire: _Wire | None = None
         self._connecting: asyncio.Task[_Wire] | None = None
         self._retry_at = 0.0
@@ -654,14 +694,8 @@ class FastConnection:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Wire:
         acked: _AckedWire | None = None
-        if self._replica_acks > 0:
-            acked = _AckedWire(
-                loop,
-                self._command_timeout_s,
-                self._replica_acks,
-                self._replica_ack_timeout_ms,
-                self.probe_key,
-            )
+        if self._gate is not None:
+            acked = _AckedWire(loop, self._command_timeout_s, self._gate)
         wire = acked or _Wire(loop, self._command_timeout_s)
         address = self.address
         try:
@@ -725,8 +759,8 @@ class FastConnection:
         """The key to write before each WAIT, from now on (a cluster node's, once its slots are
         known)."""
         self.probe_key = probe_key
-        if isinstance(self.wire, _AckedWire):
-            self.wire.set_probe(probe_key)
+        if self._gate is not None:
+            self._gate.set_probe(probe_key)
 
     async def command(self, *args: ScriptArg) -> Any:
         """Send one command and return its raw reply (error replies are returned, not raised).
@@ -746,6 +780,8 @@ class FastConnection:
         if wire is not None:
             wire.fail("the Redis client is closed")
             await wire.wait_closed(self._connect_timeout_s)
+        if self._gate is not None:
+            await self._gate.close()
 
 
 async def join_shared(task: asyncio.Task[T]) -> T:

@@ -113,7 +113,15 @@ end
 -- below the bound (a sum under 2^62 is off by at most a few hundred units there); near it the
 -- strings are added digit by digit, exactly.
 local WG_INT64_MAX = '9223372036854775807'
-local function wg_total_fits(values)
+local function wg_total_fits(given)
+  -- Only non-negative parts add up here; a negative one (none occurs: no part goes below 0)
+  -- is left out, which can only make the answer stricter.
+  local values = {}
+  for i = 1, #given do
+    if given[i] ~= '' and string.sub(given[i], 1, 1) ~= '-' then
+      values[#values + 1] = given[i]
+    end
+  end
   local approximate = 0
   for i = 1, #values do approximate = approximate + tonumber(values[i]) end
   if approximate < 4.6e18 then return true end
