@@ -242,13 +242,15 @@ def test_an_escaping_exception_gets_a_bare_500(
 
             monkeypatch.setitem(middleware.post_endpoints, BET_PATH, broken)
             body = bet_body("broken-1")
-            status, answer, _, _ = await call(
+            status, answer, sent, _ = await call(
                 middleware, scope_for("POST", BET_PATH, body, declare_length=True), [body]
             )
             assert status == 500
             assert b"secret" not in answer
             assert b"Traceback" not in answer
             assert orjson.loads(answer) == {"error": "internal"}
+            # The body may not have been read to its end: the connection is not reused.
+            assert (b"connection", b"close") in sent[0]["headers"]
 
     asyncio.run(scenario())
 

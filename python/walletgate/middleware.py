@@ -125,7 +125,9 @@ class AccessMiddleware:
                     {
                         "type": "http.response.start",
                         "status": 500,
-                        "headers": [(b"content-type", b"application/json")],
+                        # Whether the request's body was read to its end is not known here:
+                        # the connection is not reused, as for any answer sent before it was.
+                        "headers": [(b"content-type", b"application/json"), CONNECTION_CLOSE],
                     }
                 )
                 await send({"type": "http.response.body", "body": FALLBACK_BODY})
