@@ -332,14 +332,8 @@ class _Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
-        pending = self._pending
         try:
-            reply = reader.gets()
-            while reply is not False:
-                future = pending.popleft()
-                if not future.done():
-                    future.set_result(reply)
-                reply = reader.gets()
+            self._take_replies(reader)
         except hiredis.ProtocolError as error:
             self.fail(f"Redis protocol error: {error}")
             return
@@ -348,6 +342,16 @@ class _Wire(asyncio.Protocol):
             return
         if reader.len() > MAX_REPLY_BUFFER_BYTES:
             self.fail(f"Redis reply larger than {MAX_REPLY_BUFFER_BYTES} bytes")
+
+    def _take_replies(self, reader: hiredis.Reader) -> None:
+        """Give every whole reply parsed so far to its command's future, oldest first."""
+        pending = self._pending
+        reply = reader.gets()
+        while reply is not False:
+            future = pending.popleft()
+            if not future.done():
+                future.set_result(reply)
+            reply = reader.gets()
 
     def eof_received(self) -> bool | None:
         self.fail("Redis closed the connection", dropped=True)
@@ -599,33 +603,22 @@ class _AckedWire(_Wire):
             self._unacked.add(future)
         return future
 
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
+    def _take_replies(self, reader: hiredis.Reader) -> None:
         pending = self._pending
         unacked = self._unacked
         gate = self._gate
-        try:
-            reply = reader.gets()
-            while reply is not False:
-                future = pending.popleft()
-                if future in unacked:
-                    unacked.discard(future)
-                    if not future.done():
-                        future.set_result(reply)
-                elif self._acks_required and not isinstance(reply, ReplyError):
-                    gate.hold(future, reply)
-                elif not future.done():
+        reply = reader.gets()
+        while reply is not False:
+            future = pending.popleft()
+            if future in unacked:
+                unacked.discard(future)
+                if not future.done():
                     future.set_result(reply)
-                reply = reader.gets()
-        except hiredis.ProtocolError as error:
-            self.fail(f"Redis protocol error: {error}")
-            return
-        except IndexError:
-            self.fail("Redis sent a reply nobody asked for")
-            return
-        if reader.len() > MAX_REPLY_BUFFER_BYTES:
-            self.fail(f"Redis reply larger than {MAX_REPLY_BUFFER_BYTES} bytes")
+            elif self._acks_required and not isinstance(reply, ReplyError):
+                gate.hold(future, reply)
+            elif not future.done():
+                future.set_result(reply)
+            reply = reader.gets()
 
     def fail(self, reason: str, *, dropped: bool = False) -> None:
         self._unacked.clear()
