@@ -4,6 +4,7 @@ primary and a real replica (a second redis-server with ``--replicaof``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -74,12 +75,12 @@ class Pair:
         return int(stats["calls"]) if stats else 0
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    primary = RedisServer(port=free_port(), directory=tmp_path / "primary")
+@contextlib.contextmanager
+def replicated_pair(directory: Path) -> Iterator[Pair]:
+    primary = RedisServer(port=free_port(), directory=directory / "primary")
     # No diskless-sync delay: the replica's first sync would otherwise wait 5 s.
     primary.start("--repl-diskless-sync-delay", "0")
-    replica = RedisServer(port=free_port(), directory=tmp_path / "replica")
+    replica = RedisServer(port=free_port(), directory=directory / "replica")
     replica.start("--replicaof", "127.0.0.1", str(primary.port))
     both = Pair(primary, replica)
     try:
@@ -91,6 +92,53 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         both.replica_client.close()
         replica.stop()
         primary.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    with replicated_pair(tmp_path) as both:
+        yield both
+
+
+class SwitchableProxy:
+    """A loopback TCP proxy whose target can move, as a virtual IP or a DNS name does at a
+    failover: a switch cuts every proxied connection, and new ones reach the new target."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def switch(self, target_port: int) -> None:
+        self.target_port = target_port
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_out, server_out]
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pump(client_in, server_out), pump(server_in, client_out))
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.switch(self.target_port)
+        self.server.close()
 
 
 def test_calls_are_answered_once_the_replica_holds_them_with_one_wait_per_batch(
@@ -329,3 +377,39 @@ def test_readiness_names_replicas_that_do_not_confirm(pair: Pair, tmp_path: Path
         assert refused.json()["checks"]["redis"].startswith("replicas do not confirm"), refused
         pair.thaw_replica()
         assert gateway.get("/readyz").json()["checks"]["redis"] == "ok"
+
+
+def test_replies_are_not_confirmed_by_a_server_the_address_moved_to(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A failover that moves the address (a virtual IP, a DNS name) while the gate waits: the
+    gate's connection breaks and opens again, on another server. Its replicas confirmed the
+    WAIT, but they never had the call, which ran on the old server: a helper's proxy-first
+    failovers lost 7 and 12 bets answered "ok" this way. The gate compares the servers'
+    run_ids, and such a reply is "not replicated" (busy; the retry learns the outcome)."""
+
+    async def scenario(other: Pair) -> None:
+        proxy = SwitchableProxy(pair.primary.port)
+        proxy_port = await proxy.start()
+        runner = runner_for(
+            f"redis://127.0.0.1:{proxy_port}/0",
+            replica_acks=1,
+            replica_ack_timeout_ms=ACK_TIMEOUT_MS,
+        )
+        assert await runner.run(INCR, ["warm"], []) == 1
+        pair.freeze_replica()  # the old server's write cannot be confirmed...
+        call = asyncio.ensure_future(runner.run(INCR, ["moved"], []))
+        await asyncio.sleep(ACK_TIMEOUT_MS / 1000 / 3)
+        proxy.switch(other.primary.port)  # ...and the address now reaches another server
+        with pytest.raises(NotReplicated, match="no longer reaches"):
+            await call
+        assert pair.primary_client.get("moved") == b"1"  # it ran, on the old server only
+        assert other.primary_client.get("moved") is None
+        # New calls run on the new server and are confirmed by its replicas.
+        assert await runner.run(INCR, ["after"], []) == 1
+        assert other.replica_client.get("after") == b"1"
+        await runner.close()
+        await proxy.close()
+
+    with replicated_pair(tmp_path / "other") as other:
+        run(lambda: scenario(other))

@@ -144,6 +144,17 @@ _EVALSHA: Final = b"EVALSHA"
 _EVAL: Final = b"EVAL"
 # hiredis's stub types the argument as a one-element tuple; any tuple of arguments is accepted.
 pack_command: Final[Callable[[tuple[Any, ...]], bytes]] = hiredis.pack_command
+_PING: Final = pack_command(("PING",))
+_INFO_SERVER: Final = pack_command(("INFO", "server"))
+
+
+def _run_id(info: Any) -> str:
+    """The ``run_id`` of an ``INFO server`` reply (a new one each time a server starts)."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.removeprefix("run_id:").strip()
+    raise LedgerUnavailable("the server did not say its run_id (INFO server)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +333,9 @@ class _Wire(asyncio.Protocol):
         self._marks: deque[tuple[int, float]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
+        # The server's run_id, learned at the handshake when replies wait for replicas: which
+        # server ran a call and which one a WAIT asked must be the same.
+        self.run_id: str | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -469,7 +483,7 @@ class _Wire(asyncio.Protocol):
 
 
 class ReplicaGate:
-    """Holds the replies of one Redis node's script calls until enough replicas hold what
+    """Holds the replies of one connection's script calls until enough replicas hold what
     they report (``[redis] replica_acks``).
 
     The calls' own connection never waits: a blocked WAIT would hold every later command on
@@ -483,6 +497,11 @@ class ReplicaGate:
     WAIT answers at once. One WAIT is outstanding at a time; replies that arrive meanwhile wait
     for the next. When fewer replicas confirm within the timeout, each held reply becomes
     :class:`NotReplicated` (the call was applied on the primary; its retry replays it).
+
+    Each reply carries the run_id of the server that ran it, and a WAIT confirms only replies
+    of the server it was asked on: a failover that moves the address (a virtual IP, a DNS
+    name) may reconnect the gate to another server, whose replicas never had those calls.
+    There is one gate per calls' connection (``[redis] connections`` per node).
     """
 
     def __init__(
@@ -498,8 +517,9 @@ class ReplicaGate:
         self._ack_timeout_ms = ack_timeout_ms
         self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
         self.set_probe(probe_key)
-        # Replies received and not yet sent to a WAIT, oldest first.
-        self._held: list[tuple[asyncio.Future[Any], Any]] = []
+        # Replies received and not yet sent to a WAIT, oldest first, with the run_id of the
+        # server that ran each call.
+        self._held: list[tuple[asyncio.Future[Any], Any, str | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -509,12 +529,13 @@ class ReplicaGate:
         confirmed without a probe)."""
         self._probe_packed = None if probe_key is None else pack_command(("SET", probe_key, "1"))
 
-    def hold(self, future: asyncio.Future[Any], reply: Any) -> None:
-        """Pass ``reply`` to ``future`` once the replicas hold it (called in reply order)."""
+    def hold(self, future: asyncio.Future[Any], reply: Any, run_id: str | None) -> None:
+        """Pass ``reply`` to ``future`` once the replicas hold it (called in reply order);
+        ``run_id`` names the server that ran the call."""
         if self._closed:
             future.set_exception(OutcomeUnknown("the Redis client closed before the replicas"))
             return
-        self._held.append((future, reply))
+        self._held.append((future, reply, run_id))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._confirm())
 
@@ -523,21 +544,35 @@ class ReplicaGate:
             while self._held:
                 batch = self._held
                 self._held = []
-                failure = await self._ask_replicas(len(batch))
-                for future, reply in batch:
+                failure, asked = await self._ask_replicas(len(batch))
+                if asked is not None and any(ran_on != asked for _, _, ran_on in batch):
+                    # The calls ran elsewhere than where the gate asked: the next round must
+                    # ask from a new connection, which reaches wherever the address does now.
+                    self._drop_connection("the calls ran on another server")
+                for future, reply, ran_on in batch:
                     if future.done():
                         continue  # The caller went away; its call ran all the same.
-                    if failure is None:
-                        future.set_result(reply)
-                    else:
+                    if failure is not None:
                         future.set_exception(failure)
+                    elif ran_on is None or ran_on != asked:
+                        # The address reaches another server now (a failover moved a virtual IP
+                        # or a DNS name): its replicas say nothing of the server that ran it.
+                        future.set_exception(
+                            NotReplicated(
+                                "applied on a server the address no longer reaches; its "
+                                "replicas could not be asked"
+                            )
+                        )
+                    else:
+                        future.set_result(reply)
         finally:
             self._task = None
 
-    async def _ask_replicas(self, calls: int) -> OutcomeUnknown | None:
-        """One probe and WAIT; None when enough replicas confirmed, else the error to give.
-        A gate connection that breaks is opened again once (the calls ran; only the answer of
-        the replicas is missing)."""
+    async def _ask_replicas(self, calls: int) -> tuple[NotReplicated | None, str | None]:
+        """One probe and WAIT: (None, the run_id of the server asked) when enough replicas
+        confirmed, else (the error to give, None). A gate connection that breaks is opened
+        again once (the calls ran; only the answer of the replicas is missing); whether it
+        reaches the same server is the caller's check."""
         reason = "no probe key for this node yet"
         for _ in range(2):
             if self._probe_packed is None:
@@ -553,17 +588,24 @@ class ReplicaGate:
                 reason = f"cannot ask the replicas: {error}"
                 continue
             if isinstance(probe_reply, ReplyError):
-                # The probe wrote nothing, so the WAIT says nothing of the held calls.
+                # The probe wrote nothing, so the WAIT says nothing of the held calls. A server
+                # that refuses it may be a demoted primary: the next round connects again.
                 reason = f"the probe write was refused: {probe_reply}"
+                self._drop_connection(reason)
                 break
             if isinstance(wait_reply, int) and wait_reply >= self._replica_acks:
-                return None
+                return None, wire.run_id
             reason = (
                 f"applied on the primary, but {wait_reply} of {self._replica_acks} replicas "
                 f"confirmed it within {self._ack_timeout_ms} ms"
             )
             break
-        return NotReplicated(f"{reason} ({calls} calls)")
+        return NotReplicated(f"{reason} ({calls} calls)"), None
+
+    def _drop_connection(self, reason: str) -> None:
+        wire = self._connection.wire
+        if wire is not None:
+            wire.fail(reason)
 
     async def close(self) -> None:
         self._closed = True
@@ -572,7 +614,7 @@ class ReplicaGate:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for future, _ in self._held:
+        for future, _, _ in self._held:
             if not future.done():
                 future.set_exception(OutcomeUnknown("the Redis client closed before the replicas"))
         self._held = []
@@ -615,7 +657,7 @@ class _AckedWire(_Wire):
                 if not future.done():
                     future.set_result(reply)
             elif self._acks_required and not isinstance(reply, ReplyError):
-                gate.hold(future, reply)
+                gate.hold(future, reply, self.run_id)
             elif not future.done():
                 future.set_result(reply)
             reply = reader.gets()
@@ -642,12 +684,14 @@ class FastConnection:
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 0,
         probe_key: str | None = None,
+        identify: bool = False,
     ) -> None:
         self.address = address
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
         self._select_db = select_db
         self.probe_key = probe_key
+        self._identify = identify or replica_acks > 0
         # The gate and its own connection to the same node, when replies wait for replicas.
         self._gate: ReplicaGate | None = None
         if replica_acks > 0:
@@ -656,6 +700,7 @@ class FastConnection:
                 connect_timeout_s=connect_timeout_s,
                 command_timeout_s=command_timeout_s,
                 select_db=select_db,
+                identify=True,
             )
             self._gate = ReplicaGate(
                 gate_connection, replica_acks, replica_ack_timeout_ms, probe_key
@@ -744,9 +789,12 @@ class FastConnection:
         # One round trip before the connection counts as open: a server that accepts and then
         # refuses (maxclients, protected mode) or a proxy with no backend fails here, so the
         # reconnect backoff applies and its error never reaches a caller as a script's reply.
-        reply = await wire.send(pack_command(("PING",)))
+        # With replica_acks it also tells which server this is (INFO server's run_id).
+        reply = await wire.send(_INFO_SERVER if self._identify else _PING)
         if isinstance(reply, ReplyError):
             raise LedgerUnavailable(f"Redis refused the connection: {reply}")
+        if self._identify:
+            wire.run_id = _run_id(reply)
 
     def set_probe(self, probe_key: str) -> None:
         """The key to write before each WAIT, from now on (a cluster node's, once its slots are
