@@ -6,13 +6,14 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from cluster import RedisCluster
-from walletgate.config import RedisConfig
+from walletgate.config import RedisConfig, parse_config
 from walletgate.journal import writer as journal_writer
 from walletgate.journal.streams import connect as journal_connect
 from walletgate.ledger import keys
@@ -468,5 +469,72 @@ def test_count_records_sums_streams_on_every_node(cluster: RedisCluster) -> None
         assert abs(oldest_ms - time.time() * 1000) < 60_000  # by Redis's clock
         assert await journal_writer.count_records(tools, []) == (0, 0)
         await tools.aclose()
+
+    run(scenario)
+
+
+@pytest.mark.cluster
+def test_the_journal_writer_asks_every_node_for_its_replicas(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """The test cluster has no replicas: with replica_acks the writer asks each node (a probe
+    in a slot the node serves, then WAIT) and writes nothing out; without, it drains."""
+    from test_journal_writer import disk_records
+
+    config = parse_config(
+        {
+            "redis": {
+                "url": cluster.url,
+                "cluster": True,
+                "replica_acks": 1,
+                "replica_ack_timeout_ms": 20,
+            },
+            "journal": {"dir": str(tmp_path / "journal"), "flush_interval_ms": 50},
+            "admin": {"token": "t" * 32},
+        }
+    )
+    players = [f"jr{i}" for i in range(30)]
+    assert {cluster.owner_port(keys.slot_of("t1", player)) for player in players} == set(
+        cluster.ports
+    )
+    streams = keys.all_journal_stream_keys(0, cluster=True)
+
+    async def scenario() -> None:
+        ledger = Ledger(cluster_runner(cluster), CLUSTER_SETTINGS)
+        for player in players:
+            result = await adjust(
+                ledger,
+                tenant="t1",
+                player=player,
+                currency="usd",
+                amount_units=100,
+                ref=f"jr-{player}",
+                kind="adjust",
+            )
+            assert result.outcome == "applied"
+        await ledger.runner.close()
+        tools = journal_connect(config.redis)
+        waiting = journal_writer.JournalWriter(
+            tools, journal_writer.WriterSettings.from_config(config)
+        )
+        await waiting.start()
+        await asyncio.sleep(1.0)  # many flush intervals
+        status = waiting.status()
+        assert status.alive and status.errors_total == 0, status
+        assert status.owned_shards  # it read its shards; it held their records back
+        await waiting.stop()
+        assert (await journal_writer.count_records(tools, streams))[0] == len(players)
+        assert disk_records(config.journal.dir) == []
+        draining = journal_writer.JournalWriter(
+            tools, journal_writer.WriterSettings.from_config(config, replica_acks=0)
+        )
+        await draining.start()
+        deadline = time.monotonic() + 20
+        while (await journal_writer.count_records(tools, streams))[0]:
+            assert time.monotonic() < deadline, "the writer did not drain"
+            await asyncio.sleep(0.1)
+        await draining.stop()
+        await tools.aclose()
+        assert len(disk_records(config.journal.dir)) == len(players)
 
     run(scenario)

@@ -86,6 +86,7 @@ from walletgate.journal.records import (
     meta_of,
     text,
 )
+from walletgate.journal.replication import ReplicaCheck
 from walletgate.journal.scripts import (
     ACQUIRE_LEASE_LUA,
     COUNT_RECORDS_LUA,
@@ -116,6 +117,7 @@ from walletgate.journal.streams import (
     stream_id_ms,
 )
 from walletgate.ledger import keys
+from walletgate.ledger.fastredis import RedisAddress, parse_redis_url
 from walletgate.logs import configure_logging, loggable_tenant
 from walletgate.supervision import watch_supervisor
 
@@ -176,6 +178,13 @@ class WriterSettings:
     max_backoff_ms: int = 5000
     # Tenant ids that are secrets (Wallet v2 wallet_tokens): logs show a digest instead.
     secret_tenants: frozenset[str] = frozenset()
+    # [redis] replica_acks: records are written out only once that many replicas hold them
+    # (see walletgate.journal.replication), asked at this address (its credentials included).
+    replica_acks: int = 0
+    replica_ack_timeout_ms: int = 100
+    replica_address: RedisAddress | None = None
+    redis_connect_timeout_ms: int = 1000
+    redis_command_timeout_ms: int = 2000
 
     @property
     def stale_after_ms(self) -> int:
@@ -202,6 +211,13 @@ class WriterSettings:
             segment_max_bytes=config.journal.segment_max_bytes,
             keymap_ttl_s=config.idempotency.ttl_s,
             secret_tenants=frozenset(config.wallet_v2_agents),
+            replica_acks=config.redis.replica_acks,
+            replica_ack_timeout_ms=config.redis.replica_ack_timeout_ms,
+            replica_address=(
+                parse_redis_url(config.redis.url) if config.redis.replica_acks else None
+            ),
+            redis_connect_timeout_ms=config.redis.connect_timeout_ms,
+            redis_command_timeout_ms=config.redis.command_timeout_ms,
         )
         return replace(settings, **overrides)
 
@@ -353,6 +369,16 @@ class JournalWriter:
         self._bucket_of_stream = {stream: bucket for bucket, stream in enumerate(streams)}
         self._reader = StreamReader(client)
         self._record_counter = RecordCounter(client)
+        self._replica_check: ReplicaCheck | None = None
+        if settings.replica_acks and settings.replica_address is not None:
+            self._replica_check = ReplicaCheck(
+                client,
+                settings.replica_address,
+                replica_acks=settings.replica_acks,
+                ack_timeout_ms=settings.replica_ack_timeout_ms,
+                connect_timeout_ms=settings.redis_connect_timeout_ms,
+                command_timeout_ms=settings.redis_command_timeout_ms,
+            )
         self._rotation = 0
         # One thread does every file operation in order, so the event loop never waits on disk.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-files")
@@ -414,12 +440,18 @@ class JournalWriter:
                 logger.exception("journal: the writer task failed")
         # The task has ended, so no file operation is queued; do not block the loop on it.
         self._executor.shutdown(wait=False)
+        if self._replica_check is not None:
+            await self._replica_check.close()
 
     async def run(self) -> None:
         await self.start()
         assert self._task is not None
-        await self._task
-        self._executor.shutdown(wait=False)
+        try:
+            await self._task
+        finally:
+            self._executor.shutdown(wait=False)
+            if self._replica_check is not None:
+                await self._replica_check.close()
 
     def status(self) -> JournalStatus:
         now = time.monotonic()
@@ -565,12 +597,21 @@ class JournalWriter:
             for shard in shards:
                 await self._disk_error(shard, error)
             return False
+        held_back: set[str] = set()
+        if self._replica_check is not None and pages:
+            confirmed = await self._replica_check.confirmed(list(pages))
+            held_back = set(pages) - confirmed
         reads = {shard.number: ShardRead(shard, [], shard.next_batch) for shard in shards}
         bucket_of_stream = self._bucket_of_stream
         for stream, (length, page) in pages.items():
             bucket = bucket_of_stream[stream]
             read = reads[bucket % self.shard_count]
             read.pending += length
+            if stream in held_back:
+                # Not on enough replicas yet: it stays in Redis, waits, and is read again.
+                first_ms = stream_id_ms(page[0][0])
+                read.oldest_ms = min(read.oldest_ms or first_ms, first_ms)
+                continue
             read.entries += [StreamEntry(bucket, stream, sid, fields) for sid, fields in page]
             if len(page) < length:
                 read.more = True
