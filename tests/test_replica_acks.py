@@ -26,7 +26,7 @@ from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
 from walletgate.ledger.core import Ledger
-from walletgate.ledger.errors import LedgerScriptError, NotReplicated
+from walletgate.ledger.errors import LedgerScriptError, NotReplicated, OutcomeUnknown
 from walletgate.ledger.minigame import change_balance
 from walletgate.logs import AccessLog
 from wire_helpers import AsgiGateway
@@ -468,3 +468,21 @@ def test_the_journal_writer_writes_out_only_what_the_replicas_hold(
             await client.aclose()
 
     run(lambda: scenario())
+
+
+def test_closing_the_runner_answers_the_calls_waiting_for_replicas(pair: Pair) -> None:
+    """A call whose reply waits for the replicas when the runner closes gets "outcome
+    unknown" (it ran); it must not wait for ever."""
+
+    async def scenario() -> None:
+        runner = runner_for(pair.primary.url, replica_acks=1, replica_ack_timeout_ms=ACK_TIMEOUT_MS)
+        assert await runner.run(INCR, ["warm"], []) == 1
+        pair.freeze_replica()
+        call = asyncio.ensure_future(runner.run(INCR, ["n"], []))
+        await asyncio.sleep(ACK_TIMEOUT_MS / 1000 / 3)  # its reply is held, the WAIT pending
+        await runner.close()
+        with pytest.raises(OutcomeUnknown, match="closed before the replicas"):
+            await asyncio.wait_for(call, 5)
+        pair.thaw_replica()
+
+    run(scenario)

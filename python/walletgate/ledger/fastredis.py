@@ -482,6 +482,9 @@ class _Wire(asyncio.Protocol):
             pass
 
 
+CLOSED_BEFORE_REPLICAS: Final = "the Redis client closed before the replicas confirmed the call"
+
+
 class ReplicaGate:
     """Holds the replies of one connection's script calls until enough replicas hold what
     they report (``[redis] replica_acks``).
@@ -533,7 +536,7 @@ class ReplicaGate:
         """Pass ``reply`` to ``future`` once the replicas hold it (called in reply order);
         ``run_id`` names the server that ran the call."""
         if self._closed:
-            future.set_exception(OutcomeUnknown("the Redis client closed before the replicas"))
+            future.set_exception(OutcomeUnknown(CLOSED_BEFORE_REPLICAS))
             return
         self._held.append((future, reply, run_id))
         if self._task is None:
@@ -544,7 +547,15 @@ class ReplicaGate:
             while self._held:
                 batch = self._held
                 self._held = []
-                failure, asked = await self._ask_replicas(len(batch))
+                try:
+                    failure, asked = await self._ask_replicas(len(batch))
+                except BaseException:
+                    # Cancelled by close(): the batch is no longer in _held, so its callers
+                    # are answered here or they would wait for ever.
+                    for future, _, _ in batch:
+                        if not future.done():
+                            future.set_exception(OutcomeUnknown(CLOSED_BEFORE_REPLICAS))
+                    raise
                 if asked is not None and any(ran_on != asked for _, _, ran_on in batch):
                     # The calls ran elsewhere than where the gate asked: the next round must
                     # ask from a new connection, which reaches wherever the address does now.
@@ -616,7 +627,7 @@ class ReplicaGate:
                 await task
         for future, _, _ in self._held:
             if not future.done():
-                future.set_exception(OutcomeUnknown("the Redis client closed before the replicas"))
+                future.set_exception(OutcomeUnknown(CLOSED_BEFORE_REPLICAS))
         self._held = []
         await self._connection.close()
 
