@@ -486,3 +486,60 @@ def test_closing_the_runner_answers_the_calls_waiting_for_replicas(pair: Pair) -
         pair.thaw_replica()
 
     run(scenario)
+
+
+def test_entries_a_failover_brings_back_are_deleted_not_written_twice(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """The writer deletes a batch from the stream after writing it out; a failover before the
+    replica got the XDEL brings the batch back on the new primary, with the same ids. A
+    helper's failovers wrote 52 and 66 orders twice this way. The writer knows the newest id it
+    has on disk per stream, and deletes such entries instead of writing them again."""
+    from test_journal_writer import (
+        apply_operations,
+        disk_records,
+        journal_config,
+        ledger_for,
+        pending_count,
+        plan_operations,
+        wait_until,
+    )
+
+    config = journal_config(pair.primary.url, tmp_path / "journal")
+    config = dataclasses.replace(
+        config,
+        redis=dataclasses.replace(config.redis, replica_acks=1, replica_ack_timeout_ms=100),
+    )
+    streams = keys.all_journal_stream_keys(config.journal.buckets, False)
+
+    async def scenario() -> None:
+        ledger = ledger_for(config)
+        first = await apply_operations(ledger, plan_operations(30, seed=1))
+        written = sum(1 for outcome, _ in first.values() if outcome != "unknown")
+        snapshot = {stream: pair.primary_client.xrange(stream) for stream in streams}
+        assert sum(len(entries) for entries in snapshot.values()) == written
+        client = redis.asyncio.Redis.from_url(pair.primary.url)
+        journal = JournalWriter(client, WriterSettings.from_config(config))
+        await journal.start()
+        try:
+            await wait_until(lambda: pending_count(pair.primary.url) == 0, 10, "the first drain")
+            assert len(disk_records(config.journal.dir)) == written
+            # As on a promoted replica that never got the XDELs: the entries are back.
+            for stream, entries in snapshot.items():
+                pair.primary_client.delete(stream)
+                for sid, fields in entries:
+                    pair.primary_client.xadd(stream, fields, id=sid)
+            assert pending_count(pair.primary.url) == written
+            await wait_until(lambda: pending_count(pair.primary.url) == 0, 10, "their deletion")
+            assert len(disk_records(config.journal.dir)) == written
+            # New records after them are written as usual.
+            more = await apply_operations(ledger, plan_operations(10, seed=2))
+            added = sum(1 for outcome, _ in more.values() if outcome != "unknown")
+            await wait_until(lambda: pending_count(pair.primary.url) == 0, 10, "the last drain")
+            assert len(disk_records(config.journal.dir)) == written + added
+        finally:
+            await journal.stop()
+            await ledger.runner.close()
+            await client.aclose()
+
+    run(lambda: scenario())

@@ -110,11 +110,13 @@ from walletgate.journal.segments import (
 from walletgate.journal.streams import (
     MAX_STREAMS_PER_READ,
     RedisClient,
+    StreamPage,
     StreamReader,
     connect,
     run_per_node,
     run_pipeline,
     stream_id_ms,
+    stream_id_order,
 )
 from walletgate.ledger import keys
 from walletgate.ledger.fastredis import RedisAddress, parse_redis_url
@@ -260,6 +262,9 @@ class OwnedShard:
     last_seq: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # Records on disk whose key-map and XDEL steps have not completed yet.
     unfinished: list[RecordMeta] | None = None
+    # Per stream of the shard, the newest entry id this writer has on disk (from the last
+    # batch when it took the shard, then from every batch it writes); see _drop_written.
+    written_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -599,6 +604,7 @@ class JournalWriter:
             return False
         held_back: set[str] = set()
         if self._replica_check is not None and pages:
+            pages = await self._drop_written(shards, pages)
             confirmed = await self._replica_check.confirmed(list(pages))
             held_back = set(pages) - confirmed
         reads = {shard.number: ShardRead(shard, [], shard.next_batch) for shard in shards}
@@ -630,6 +636,58 @@ class JournalWriter:
         if not group:
             return False
         return await self._write_group(group)
+
+    async def _drop_written(
+        self, shards: Sequence[OwnedShard], pages: dict[str, StreamPage]
+    ) -> dict[str, StreamPage]:
+        """``pages`` without the entries this writer already has on disk, which are deleted
+        from Redis instead of being written again.
+
+        Only with replica_acks, where a record is written out once the replicas hold it: a
+        failover may then bring back entries whose XDEL the old primary had not replicated
+        yet, and the new primary, having every record written, numbers its new entries above
+        them. Without replica_acks a written record may have been lost in the failover and a
+        new entry get a lower id than it, so this would drop records never written.
+        """
+        newest: dict[str, tuple[int, int]] = {}
+        for shard in shards:
+            newest.update(shard.written_ids)
+        kept: dict[str, StreamPage] = {}
+        stale: list[tuple[str, list[str]]] = []
+        for stream, (length, page) in pages.items():
+            limit = newest.get(stream)
+            if limit is None or stream_id_order(page[0][0]) > limit:
+                kept[stream] = (length, page)
+                continue
+            old_ids = [sid for sid, _ in page if stream_id_order(sid) <= limit]
+            stale.append((stream, old_ids))
+            rest = page[len(old_ids) :]
+            if rest:
+                kept[stream] = (length - len(old_ids), rest)
+        if stale:
+            logger.warning(
+                "journal: %d entries already on disk came back to Redis (a failover); deleted, "
+                "not written again",
+                sum(len(ids) for _, ids in stale),
+            )
+            await self._delete_entries(stale)
+        return kept
+
+    async def _delete_entries(self, by_stream: Sequence[tuple[str, list[str]]]) -> None:
+        # Lua's unpack() has a bounded stack, so one XDEL names a bounded number of ids.
+        groups = [
+            (stream, ids[start : start + DELETE_IDS_PER_CALL])
+            for stream, ids in by_stream
+            for start in range(0, len(ids), DELETE_IDS_PER_CALL)
+        ]
+        await run_per_node(
+            self._client,
+            DELETE_ENTRIES_LUA,
+            groups,
+            ordered=True,
+            max_weight_per_call=DELETE_IDS_PER_CALL,
+            weigh=_id_count,
+        )
 
     async def _disk_error(self, shard: OwnedShard, error: OSError) -> None:
         """A failed write or fsync leaves the page cache in doubt: give the shard up, so it is
@@ -668,6 +726,7 @@ class JournalWriter:
                     continue
                 shard.next_batch = read.batch + 1
                 shard.unfinished = outcome.metas
+                _note_written(shard, outcome.metas)
                 self._last_flush_s = outcome.flush_s
                 read.flush_s = outcome.flush_s
                 self._records_written_total += len(outcome.metas)
@@ -715,20 +774,7 @@ class JournalWriter:
         for metas in batches:
             for meta in metas:
                 by_stream.setdefault(meta.stream, []).append(meta.sid)
-        # Lua's unpack() has a bounded stack, so one XDEL names a bounded number of ids.
-        groups = [
-            (stream, ids[start : start + DELETE_IDS_PER_CALL])
-            for stream, ids in by_stream.items()
-            for start in range(0, len(ids), DELETE_IDS_PER_CALL)
-        ]
-        await run_per_node(
-            self._client,
-            DELETE_ENTRIES_LUA,
-            groups,
-            ordered=True,
-            max_weight_per_call=DELETE_IDS_PER_CALL,
-            weigh=_id_count,
-        )
+        await self._delete_entries(list(by_stream.items()))
         for shard in shards:
             shard.unfinished = None
 
@@ -953,6 +999,7 @@ class JournalWriter:
             # The last batch may still be in Redis (a writer died between fsync and XDEL):
             # finish its steps, which are idempotent, before anything new is read.
             shard.unfinished = last_metas
+            _note_written(shard, last_metas)
             self._check_sequences(shard, last_metas)
             await self._finish([shard])
         logger.info(
@@ -1081,6 +1128,15 @@ class JournalFigures:
     freshest_update_ms: int
     last_flush_s: float
     cross_player_all_writers_total: dict[str, int]
+
+
+def _note_written(shard: OwnedShard, metas: Sequence[RecordMeta]) -> None:
+    """Remember, per stream, the newest entry id of ``metas`` (now on disk)."""
+    written = shard.written_ids
+    for meta in metas:
+        order = stream_id_order(meta.sid)
+        if order > written.get(meta.stream, (-1, -1)):
+            written[meta.stream] = order
 
 
 def shard_count_of(settings: WriterSettings) -> int:
