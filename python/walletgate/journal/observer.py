@@ -102,8 +102,9 @@ class JournalObserver:
         freshest_ms = figures.freshest_update_ms
         restarts = read_sidecar_restarts(self._sidecar_state_path)
         # The writer is alive when some shard owner reported within a lease. Staleness shorter
-        # than that counts as lag (above), which fails readiness once it exceeds max_lag_ms,
-        # but does not make a writer that is merely slow (a long fsync, the takeover of many
+        # than that makes the records of the silent shards count, with their real wait, as lag
+        # (read_journal_figures), which fails readiness once it exceeds max_lag_ms, but does
+        # not make a writer that is merely slow (a long fsync, the takeover of many
         # shards in one cycle, a clock a second off between hosts) look dead. A fresh start has
         # two leases' grace before that is required (the shards of a writer that was killed
         # are taken only once its leases run out), but not once the writer process had to be
