@@ -12,22 +12,14 @@ are read again next cycle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from walletgate.ledger.errors import LedgerUnavailable
-from walletgate.ledger.fastredis import FastConnection, RedisAddress, ReplyError, pack_command
-
-# The probe lives in the slot of the stream it stands for: "wg:{j7}:journal" gives
-# "wg:{j7}:replication-probe", which a cluster node that serves the stream may write.
-_STREAM_SUFFIX: Final = ":journal"
-_PROBE_SUFFIX: Final = ":replication-probe"
-
-
-def probe_key_for(stream: str) -> str:
-    assert stream.endswith(_STREAM_SUFFIX), stream
-    return stream.removesuffix(_STREAM_SUFFIX) + _PROBE_SUFFIX
+from walletgate.ledger.fastredis import FastConnection, RedisAddress, ReplicaProbe
+from walletgate.ledger.keys import replication_probe_key
 
 
 class ReplicaCheck:
@@ -43,11 +35,9 @@ class ReplicaCheck:
         connect_timeout_ms: int,
         command_timeout_ms: int,
     ) -> None:
-        assert replica_acks >= 1 and ack_timeout_ms >= 1
         self._client = client
         self._address = address
-        self._replica_acks = replica_acks
-        self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
+        self._probe = ReplicaProbe(replica_acks, ack_timeout_ms)
         self._connect_timeout_s = connect_timeout_ms / 1000
         self._command_timeout_s = command_timeout_ms / 1000
         # One connection per node ("" for a standalone Redis), opened on first use.
@@ -56,7 +46,9 @@ class ReplicaCheck:
     async def confirmed(self, streams: Sequence[str]) -> set[str]:
         """The streams whose node's replicas hold everything that node had applied when this
         was asked, which includes every record read from them before."""
-        by_node: dict[str, tuple[RedisAddress, list[str]]] = {}
+        # Per node: its address, a probe key it may write (the gateway's probe key of a
+        # stream's slot on a cluster, the standalone one otherwise), and its streams.
+        by_node: dict[str, tuple[RedisAddress, str, list[str]]] = {}
         client = self._client
         for stream in streams:
             if isinstance(client, RedisCluster):
@@ -65,12 +57,14 @@ class ReplicaCheck:
                     continue
                 address = self._address.with_endpoint(node.host, int(node.port))
                 endpoint = address.endpoint
+                probe_key = replication_probe_key(key_slot(stream.encode()))
             else:
                 address, endpoint = self._address, ""
-            by_node.setdefault(endpoint, (address, []))[1].append(stream)
+                probe_key = replication_probe_key(None)
+            by_node.setdefault(endpoint, (address, probe_key, []))[2].append(stream)
         confirmed: set[str] = set()
-        for endpoint, (address, names) in by_node.items():
-            if await self._ask(endpoint, address, probe_key_for(names[0])):
+        for endpoint, (address, probe_key, names) in by_node.items():
+            if await self._ask(endpoint, address, probe_key):
                 confirmed.update(names)
         return confirmed
 
@@ -85,21 +79,10 @@ class ReplicaCheck:
             )
             self._connections[endpoint] = connection
         try:
-            wire = await connection.ready_wire()
-            # Written together: the WAIT follows the probe on the same connection, and WAIT
-            # waits for the replicas to reach that connection's last write.
-            probe = wire.send(pack_command(("SET", probe_key, "1")))
-            waited = wire.send(self._wait_packed)
-            probe_reply = await probe
-            wait_reply = await waited
+            refused, _ = await self._probe.ask(connection, probe_key)
         except LedgerUnavailable:
             return False
-        if isinstance(probe_reply, ReplyError):
-            # A demoted primary or a moved slot: ask from a new connection next time.
-            if connection.wire is not None:
-                connection.wire.fail(f"the probe write was refused: {probe_reply}")
-            return False
-        return isinstance(wait_reply, int) and wait_reply >= self._replica_acks
+        return refused is None
 
     async def close(self) -> None:
         connections = list(self._connections.values())

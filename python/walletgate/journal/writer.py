@@ -364,12 +364,7 @@ class JournalWriter:
         )
         streams = keys.all_journal_stream_keys(settings.buckets, settings.cluster)
         self.shard_count = shard_count_of(settings)
-        self._shard_streams: list[list[tuple[int, str]]] = [[] for _ in range(self.shard_count)]
-        for bucket, stream in enumerate(streams):
-            self._shard_streams[bucket % self.shard_count].append((bucket, stream))
-        self._shard_stream_names = [
-            [stream for _, stream in shard_streams] for shard_streams in self._shard_streams
-        ]
+        self._shard_stream_names = shard_stream_names(settings)
         self._stream_of_bucket = dict(enumerate(streams))
         self._bucket_of_stream = {stream: bucket for bucket, stream in enumerate(streams)}
         self._reader = StreamReader(client)
@@ -604,7 +599,7 @@ class JournalWriter:
             return False
         held_back: set[str] = set()
         if self._replica_check is not None and pages:
-            pages = await self._drop_written(shards, pages)
+            pages = await self._drop_written(pages)
             confirmed = await self._replica_check.confirmed(list(pages))
             held_back = set(pages) - confirmed
         reads = {shard.number: ShardRead(shard, [], shard.next_batch) for shard in shards}
@@ -637,9 +632,7 @@ class JournalWriter:
             return False
         return await self._write_group(group)
 
-    async def _drop_written(
-        self, shards: Sequence[OwnedShard], pages: dict[str, StreamPage]
-    ) -> dict[str, StreamPage]:
+    async def _drop_written(self, pages: dict[str, StreamPage]) -> dict[str, StreamPage]:
         """``pages`` without the entries this writer already has on disk, which are deleted
         from Redis instead of being written again.
 
@@ -649,13 +642,11 @@ class JournalWriter:
         them. Without replica_acks a written record may have been lost in the failover and a
         new entry get a lower id than it, so this would drop records never written.
         """
-        newest: dict[str, tuple[int, int]] = {}
-        for shard in shards:
-            newest.update(shard.written_ids)
         kept: dict[str, StreamPage] = {}
         stale: list[tuple[str, list[str]]] = []
         for stream, (length, page) in pages.items():
-            limit = newest.get(stream)
+            shard = self._owned.get(self._bucket_of_stream[stream] % self.shard_count)
+            limit = None if shard is None else shard.written_ids.get(stream)
             if limit is None or stream_id_order(page[0][0]) > limit:
                 kept[stream] = (length, page)
                 continue
@@ -989,7 +980,7 @@ class JournalWriter:
             return False
         shard = OwnedShard(
             number=number,
-            stream_names=[stream for _, stream in self._shard_streams[number]],
+            stream_names=list(self._shard_stream_names[number]),
             files=files,
             lease_trusted_until=sent + LEASE_TRUST_FRACTION * settings.lease_ms / 1000,
             next_batch=last_batch + 1,

@@ -482,6 +482,42 @@ class _Wire(asyncio.Protocol):
             pass
 
 
+class ReplicaProbe:
+    """Whether ``replica_acks`` replicas hold everything a server had applied when asked: a
+    probe key is written, and ``WAIT`` follows it on the same connection. WAIT waits for the
+    replicas to reach that connection's last write, the probe, which the server applied after
+    all it had applied before. Used by the hot path's :class:`ReplicaGate` and by the journal
+    writer (``walletgate.journal.replication``)."""
+
+    def __init__(self, replica_acks: int, ack_timeout_ms: int) -> None:
+        assert replica_acks >= 1 and ack_timeout_ms >= 1
+        self._replica_acks = replica_acks
+        self._ack_timeout_ms = ack_timeout_ms
+        self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
+
+    async def ask(self, connection: FastConnection, probe_key: str) -> tuple[str | None, str]:
+        """(None, the run_id of the server asked) when enough replicas confirmed, else (why
+        not, ""). A refused probe (a demoted primary, a moved slot) wrote nothing, so the WAIT
+        says nothing; the connection is then dropped, and the next ask connects again. Raises
+        :class:`LedgerUnavailable` when the connection fails."""
+        wire = await connection.ready_wire()
+        # Written together, so the WAIT follows the probe on the same connection.
+        probe = wire.send_unacked(pack_command(("SET", probe_key, "1")))
+        waited = wire.send_unacked(self._wait_packed)
+        probe_reply = await probe
+        wait_reply = await waited
+        if isinstance(probe_reply, ReplyError):
+            reason = f"the probe write was refused: {probe_reply}"
+            wire.fail(reason)
+            return reason, ""
+        if isinstance(wait_reply, int) and wait_reply >= self._replica_acks:
+            return None, wire.run_id or ""
+        return (
+            f"applied on the primary, but {wait_reply} of {self._replica_acks} replicas "
+            f"confirmed it within {self._ack_timeout_ms} ms"
+        ), ""
+
+
 CLOSED_BEFORE_REPLICAS: Final = "the Redis client closed before the replicas confirmed the call"
 
 
@@ -514,12 +550,9 @@ class ReplicaGate:
         ack_timeout_ms: int,
         probe_key: str | None,
     ) -> None:
-        assert replica_acks >= 1 and ack_timeout_ms >= 1
         self._connection = connection
-        self._replica_acks = replica_acks
-        self._ack_timeout_ms = ack_timeout_ms
-        self._wait_packed = pack_command(("WAIT", replica_acks, ack_timeout_ms))
-        self.set_probe(probe_key)
+        self._probe = ReplicaProbe(replica_acks, ack_timeout_ms)
+        self.probe_key = probe_key
         # Replies received and not yet sent to a WAIT, oldest first, with the run_id of the
         # server that ran each call.
         self._held: list[tuple[asyncio.Future[Any], Any, str | None]] = []
@@ -527,10 +560,9 @@ class ReplicaGate:
         self._closed = False
 
     def set_probe(self, probe_key: str | None) -> None:
-        """The key written before each WAIT (None until a cluster node's slots are known; its
-        WAITs then cover only the gate connection's own writes, which is nothing: no reply is
-        confirmed without a probe)."""
-        self._probe_packed = None if probe_key is None else pack_command(("SET", probe_key, "1"))
+        """The key written before each WAIT (None until a cluster node's slots are known; no
+        reply is confirmed without a probe)."""
+        self.probe_key = probe_key
 
     def hold(self, future: asyncio.Future[Any], reply: Any, run_id: str | None) -> None:
         """Pass ``reply`` to ``future`` once the replicas hold it (called in reply order);
@@ -586,30 +618,16 @@ class ReplicaGate:
         reaches the same server is the caller's check."""
         reason = "no probe key for this node yet"
         for _ in range(2):
-            if self._probe_packed is None:
+            if self.probe_key is None:
                 break
             try:
-                wire = await self._connection.ready_wire()
-                # Written together, so the WAIT follows the probe on the same connection.
-                probe = wire.send_unacked(self._probe_packed)
-                waited = wire.send_unacked(self._wait_packed)
-                probe_reply = await probe
-                wait_reply = await waited
+                refused, run_id = await self._probe.ask(self._connection, self.probe_key)
             except LedgerUnavailable as error:
                 reason = f"cannot ask the replicas: {error}"
                 continue
-            if isinstance(probe_reply, ReplyError):
-                # The probe wrote nothing, so the WAIT says nothing of the held calls. A server
-                # that refuses it may be a demoted primary: the next round connects again.
-                reason = f"the probe write was refused: {probe_reply}"
-                self._drop_connection(reason)
-                break
-            if isinstance(wait_reply, int) and wait_reply >= self._replica_acks:
-                return None, wire.run_id
-            reason = (
-                f"applied on the primary, but {wait_reply} of {self._replica_acks} replicas "
-                f"confirmed it within {self._ack_timeout_ms} ms"
-            )
+            if refused is None:
+                return None, run_id
+            reason = refused
             break
         return NotReplicated(f"{reason} ({calls} calls)"), None
 
