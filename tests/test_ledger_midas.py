@@ -12,7 +12,7 @@ import redis
 
 from ledger_helpers import make_ledger
 from walletgate.ledger import midas
-from walletgate.ledger.admin import adjust
+from walletgate.ledger.admin import AdjustResult, adjust
 from walletgate.ledger.core import Ledger
 from walletgate.ledger.fastredis import FastRedisRunner
 from walletgate.ledger.scripts import PRELUDE_NAME, Script, _read
@@ -155,6 +155,19 @@ async def cancel(
     )
 
 
+async def admin_adjust(ledger: Ledger, ref: str, units: int) -> AdjustResult:
+    """An admin adjustment of the paid part (zone 1)."""
+    return await adjust(
+        ledger,
+        tenant=APPID,
+        player=OPENID,
+        currency="1",
+        amount_units=units,
+        ref=ref,
+        kind="adjust",
+    )
+
+
 async def balance(ledger: Ledger, zone: str = "1", sandbox: bool = False) -> midas.Balance:
     _, view = await midas.read_balance(
         ledger, appid=APPID, openid=OPENID, currency=midas.currency_for(zone, sandbox)
@@ -243,15 +256,7 @@ def test_pay_replay_conflict_and_stored_insufficient(redis_url: str) -> None:
         short = await pay(ledger, "B2", 10 * COIN + 1)
         assert (short.outcome, short.code) == ("rejected", 90013)
         assert (short.paid_units, short.gen_units) == (3 * COIN, 7 * COIN)
-        await adjust(
-            ledger,
-            tenant=APPID,
-            player=OPENID,
-            currency="1",
-            amount_units=100 * COIN,
-            ref="more",
-            kind="adjust",
-        )
+        await admin_adjust(ledger, "more", 100 * COIN)
         again = await pay(ledger, "B2", 10 * COIN + 1)
         assert (again.outcome, again.code) == ("replay", 90013)
         assert (again.paid_units, again.gen_units) == (3 * COIN, 7 * COIN)
@@ -427,29 +432,13 @@ def test_int64_limits_exact_and_overflow_rejected(redis_url: str) -> None:
             0,
         )
         # Emptied by the admin (a pay would fill cost_sum, which the end of this test needs).
-        drain = await adjust(
-            ledger,
-            tenant=APPID,
-            player=OPENID,
-            currency="1",
-            amount_units=-INT64_MAX,
-            ref="DRAIN",
-            kind="adjust",
-        )
+        drain = await admin_adjust(ledger, "DRAIN", -INT64_MAX)
         assert (drain.outcome, drain.balance_units) == ("applied", 0)
         top = await present(ledger, "TOP", INT64_MAX)
         assert (top.outcome, top.gen_units) == ("applied", INT64_MAX)
         over = await present(ledger, "OVER", 1)
         assert over.outcome == "overflow"
-        credit = await adjust(
-            ledger,
-            tenant=APPID,
-            player=OPENID,
-            currency="1",
-            amount_units=1,
-            ref="OVER-ADMIN",
-            kind="adjust",
-        )
+        credit = await admin_adjust(ledger, "OVER-ADMIN", 1)
         assert credit.outcome == "overflow"
         mixed = await pay(ledger, "MIXED", INT64_MAX)  # all of the gifted part
         assert (mixed.outcome, mixed.gen_units, mixed.used_gen_units) == ("applied", 0, INT64_MAX)
@@ -537,15 +526,7 @@ def test_the_balance_bound_is_exact_next_to_int64_max(redis_url: str) -> None:
         assert view.paid_units + view.gen_units == INT64_MAX
         # ...and nothing more fits: not one unit by present, by the admin, or by a rollback.
         assert (await present(ledger, "ONE", 1)).outcome == "overflow"
-        credit = await adjust(
-            ledger,
-            tenant=APPID,
-            player=OPENID,
-            currency="1",
-            amount_units=1,
-            ref="ONE-ADMIN",
-            kind="adjust",
-        )
+        credit = await admin_adjust(ledger, "ONE-ADMIN", 1)
         assert credit.outcome == "overflow"
         assert (await pay(ledger, "AGAIN", COIN)).outcome == "applied"
         assert (await present(ledger, "REFILL", COIN)).outcome == "applied"

@@ -20,8 +20,17 @@ import redis.asyncio
 from conftest import RedisServer, free_port
 from gateway_helpers import config_dict
 from test_fastredis import ECHO, FAILING, SETTINGS, make_script, run, runner_for
+from test_journal_writer import (
+    apply_operations,
+    disk_records,
+    journal_config,
+    ledger_for,
+    pending_count,
+    plan_operations,
+    wait_until,
+)
 from walletgate.app import create_app
-from walletgate.config import ConfigError, parse_config
+from walletgate.config import Config, ConfigError, parse_config
 from walletgate.journal.writer import JournalWriter, WriterSettings
 from walletgate.ledger import keys
 from walletgate.ledger.admin import adjust
@@ -418,6 +427,13 @@ def test_replies_are_not_confirmed_by_a_server_the_address_moved_to(
         run(lambda: scenario(other))
 
 
+def acked_journal_config(url: str, directory: Path) -> Config:
+    """The journal tests' config, with replica_acks = 1 (ack timeout 100 ms)."""
+    config = journal_config(url, directory)
+    redis_config = dataclasses.replace(config.redis, replica_acks=1, replica_ack_timeout_ms=100)
+    return dataclasses.replace(config, redis=redis_config)
+
+
 def test_the_journal_writer_writes_out_only_what_the_replicas_hold(
     pair: Pair, tmp_path: Path
 ) -> None:
@@ -425,21 +441,7 @@ def test_the_journal_writer_writes_out_only_what_the_replicas_hold(
     the client's retry on the new primary: the journal on disk held that movement twice (a
     helper counted 38 to 87 such orders per lag-injected failover). With replica_acks the
     writer leaves in Redis what the replicas do not hold yet, and writes it once they do."""
-    from test_journal_writer import (
-        apply_operations,
-        disk_records,
-        journal_config,
-        ledger_for,
-        pending_count,
-        plan_operations,
-        wait_until,
-    )
-
-    config = journal_config(pair.primary.url, tmp_path / "journal")
-    config = dataclasses.replace(
-        config,
-        redis=dataclasses.replace(config.redis, replica_acks=1, replica_ack_timeout_ms=100),
-    )
+    config = acked_journal_config(pair.primary.url, tmp_path / "journal")
 
     async def scenario() -> None:
         client = redis.asyncio.Redis.from_url(pair.primary.url)
@@ -495,21 +497,7 @@ def test_entries_a_failover_brings_back_are_deleted_not_written_twice(
     replica got the XDEL brings the batch back on the new primary, with the same ids. A
     helper's failovers wrote 52 and 66 orders twice this way. The writer knows the newest id it
     has on disk per stream, and deletes such entries instead of writing them again."""
-    from test_journal_writer import (
-        apply_operations,
-        disk_records,
-        journal_config,
-        ledger_for,
-        pending_count,
-        plan_operations,
-        wait_until,
-    )
-
-    config = journal_config(pair.primary.url, tmp_path / "journal")
-    config = dataclasses.replace(
-        config,
-        redis=dataclasses.replace(config.redis, replica_acks=1, replica_ack_timeout_ms=100),
-    )
+    config = acked_journal_config(pair.primary.url, tmp_path / "journal")
     streams = keys.all_journal_stream_keys(config.journal.buckets, False)
 
     async def scenario() -> None:
